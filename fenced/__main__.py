@@ -1,0 +1,124 @@
+"""The ``fenced`` command line. The only module that exits the process.
+
+Exit codes: 0 success, 1 invalid configuration or a host that cannot run fenced,
+2 usage errors (argparse), 3 a firewall error at run time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from fenced import __version__
+from fenced import config as config_mod
+from fenced.errors import ConfigError, FirewallError, SystemCheckError
+from fenced.model import Config
+from fenced.ruleset import layout, script
+
+DEFAULT_CONFIG = "/etc/fenced/fenced.toml"
+
+
+def _summary(cfg: Config) -> str:
+    lines = [f"ok: {len(cfg.files)} file(s), {len(cfg.policies)} polic(y/ies), table inet {cfg.daemon.table}"]
+    for p in cfg.policies:
+        subjects = []
+        if p.uids:
+            subjects.append("uids " + ",".join(str(u) for u in p.uids))
+        if p.gids:
+            subjects.append("gids " + ",".join(str(g) for g in p.gids))
+        if p.cgroups:
+            subjects.append("cgroups " + ",".join(p.cgroups))
+        lines.append(
+            f"  {p.name} ({p.mode}): {'; '.join(subjects)}; {len(p.outbound)} outbound "
+            f"({len(p.domains)} domains), {len(p.inbound)} inbound, loopback "
+            f"{'yes' if p.loopback else 'no'}"
+        )
+    return "\n".join(lines)
+
+
+def _print_config_error(exc: ConfigError) -> None:
+    for problem in exc.problems:
+        print(f"error: {problem}", file=sys.stderr)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate the configuration and print a summary."""
+    try:
+        cfg = config_mod.load(args.config)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return 1
+    print(_summary(cfg))
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    """Print the nft script fenced would install."""
+    try:
+        cfg = config_mod.load(args.config)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return 1
+    lay = layout(cfg)
+    sys.stdout.write(script(cfg, lay))
+    if lay.cgroups:
+        print("# cgroup ids are written at run time over netlink:")
+        for c in lay.cgroups:
+            print(f"#   {c.path} (level {c.level}) -> {c.out_map}, {c.in_map}: policy {c.policy}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the daemon until SIGTERM/SIGINT."""
+    from fenced.daemon import run_daemon
+    from fenced.firewall import KernelFirewall
+
+    firewall = KernelFirewall()
+    try:
+        asyncio.run(run_daemon(args.config, firewall))
+    except ConfigError as exc:
+        _print_config_error(exc)
+        print("fenced: cannot start: invalid configuration", file=sys.stderr)
+        return 1
+    except SystemCheckError as exc:
+        print(f"fenced: cannot start: {exc}", file=sys.stderr)
+        return 1
+    except FirewallError as exc:
+        print(f"fenced: firewall error: {exc}", file=sys.stderr)
+        return 3
+    finally:
+        firewall.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``fenced`` command."""
+    parser = argparse.ArgumentParser(prog="fenced", description="Confine processes' network access.")
+    parser.add_argument("--version", action="version", version=f"fenced {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func, help_ in (
+        ("check", cmd_check, "validate the configuration"),
+        ("render", cmd_render, "print the ruleset, touching nothing"),
+        ("run", cmd_run, "install the ruleset and keep it current"),
+    ):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("-c", "--config", dest="config_opt", help="main config file")
+        p.add_argument("config_pos", nargs="?", metavar="CONFIG", help="same as -c")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``fenced`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config_opt and args.config_pos and args.config_opt != args.config_pos:
+        parser.error("give the config file once, with -c or as an argument")
+    args.config = args.config_opt or args.config_pos or DEFAULT_CONFIG
+    sys.exit(args.func(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""The running daemon: installs the ruleset, keeps run-time sets current, obeys signals.
+
+Start-up is ordered: read the config, check the host, install the ruleset (one nft
+transaction that keeps any addresses and cgroup ids already in the table), write the
+cgroup ids, then serve. Signal handlers only record what was asked; the main loop acts.
+Every firewall change goes through one lock, so the kernel sees them in a known order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fenced import config as config_mod
+from fenced.cgroups import CgroupWatcher, find_cgroup2_mount
+from fenced.errors import ConfigError, FencedError, FirewallError, SystemCheckError
+from fenced.firewall import Firewall
+from fenced.log import Logger, log
+from fenced.model import Config
+from fenced.netlink import Element, SetOp, Verdict, cgroup_key
+from fenced.ruleset import Layout, cgroup_elements, delete_chains_script, layout, script
+
+CAP_NET_ADMIN = 12
+
+
+def has_cap_net_admin(status_text: str) -> bool:
+    """Whether a /proc/<pid>/status text shows CAP_NET_ADMIN in the effective set."""
+    for line in status_text.splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    return False
+
+
+def preflight() -> None:
+    """Raise SystemCheckError with a one-line reason if this host cannot run fenced."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError as exc:
+        raise SystemCheckError(f"cannot read /proc/self/status: {exc.strerror}") from exc
+    if not has_cap_net_admin(status):
+        raise SystemCheckError("CAP_NET_ADMIN is missing (run as root or grant the capability)")
+    if not Path("/proc/net/netfilter").exists() and not Path("/sys/module/nf_tables").exists():
+        raise SystemCheckError("the kernel has no nf_tables support")
+
+
+@dataclass
+class State:
+    """What the daemon reports about itself (read by the HTTP server and tests)."""
+
+    config_path: str
+    started: float = field(default_factory=time.time)
+    generation: int = 0
+    installed: bool = False
+    last_reload: str = "none"
+    last_reload_time: float | None = None
+    last_reload_error: str | None = None
+    cgroup_ids: dict[str, int | None] = field(default_factory=dict)
+
+
+class Daemon:
+    """One fenced instance bound to a config path and a firewall.
+
+    ``loader`` reads a config (``fenced.config.load`` by default); ``cgroup_root`` is the
+    cgroup2 mount (found from /proc/mounts when None and a policy names cgroups).
+    """
+
+    def __init__(
+        self,
+        config_path: str,
+        firewall: Firewall,
+        *,
+        loader: Callable[[str], Config] = config_mod.load,
+        cgroup_root: str | None = None,
+        logger: Logger = log,
+    ) -> None:
+        self.config_path = config_path
+        self.fw = firewall
+        self.loader = loader
+        self.log = logger
+        self.state = State(config_path)
+        self.config: Config | None = None
+        self.layout: Layout | None = None
+        self._cgroup_root = cgroup_root
+        self._watcher: CgroupWatcher | None = None
+        self._fw_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._requests: list[str] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._cgroup_dirty = False
+
+    # ------------------------------------------------------------------ signals
+    def request(self, what: str) -> None:
+        """Record a request (``reload`` or ``stop``); the main loop acts on it. Signal-safe."""
+        self._requests.append(what)
+        self._wake.set()
+
+    def install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        """SIGTERM/SIGINT ask to stop, SIGHUP to reload."""
+        loop.add_signal_handler(signal.SIGTERM, self.request, "stop")
+        loop.add_signal_handler(signal.SIGINT, self.request, "stop")
+        loop.add_signal_handler(signal.SIGHUP, self.request, "reload")
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Load the config and install it; raises ConfigError/FencedError when impossible."""
+        cfg = self.loader(self.config_path)
+        await self._apply(cfg)
+        self.state.last_reload = "ok"
+        self.state.last_reload_time = time.time()
+        self.log.info(
+            "started",
+            config=self.config_path,
+            table=cfg.daemon.table,
+            policies=[p.name for p in cfg.policies],
+        )
+
+    async def run(self) -> None:
+        """Start, then serve requests until asked to stop; then stop in order."""
+        loop = asyncio.get_running_loop()
+        await self.start()
+        self.install_signal_handlers(loop)
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                requests, self._requests = self._requests, []
+                if "stop" in requests:
+                    break
+                if "reload" in requests:
+                    await self.reload()
+                if self._cgroup_dirty:
+                    self._cgroup_dirty = False
+                    await self._guarded(self.sync_cgroups(), "cgroup_sync_failed")
+        finally:
+            await self.stop()
+
+    async def _guarded(self, coro: object, event: str) -> None:
+        try:
+            await coro  # type: ignore[misc]
+        except FencedError as exc:
+            self.log.error(event, error=str(exc))
+
+    async def reload(self) -> bool:
+        """Read the config again and apply it; on any error keep the running one."""
+        self.log.info("reload_requested", config=self.config_path)
+        try:
+            cfg = self.loader(self.config_path)
+            await self._apply(cfg)
+        except ConfigError as exc:
+            self._reload_failed(exc)
+            for p in exc.problems:
+                self.log.error("config_invalid", problem=str(p))
+            return False
+        except FencedError as exc:
+            self._reload_failed(exc)
+            self.log.error("reload_failed", error=str(exc))
+            return False
+        self.state.last_reload = "ok"
+        self.state.last_reload_time = time.time()
+        self.state.last_reload_error = None
+        self.log.info("reloaded", generation=self.state.generation)
+        return True
+
+    def _reload_failed(self, exc: Exception) -> None:
+        self.state.last_reload = "error"
+        self.state.last_reload_time = time.time()
+        self.state.last_reload_error = str(exc)
+
+    async def stop(self) -> None:
+        """Stop watching and leave or remove the table as ``on_exit`` says."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        if self._watcher is not None:
+            self._watcher.stop(loop)
+        for task in list(self._tasks):
+            task.cancel()
+        if self.config is not None and self.config.daemon.on_exit == "remove":
+            async with self._fw_lock:
+                await self.fw.delete_table(self.config.daemon.table)
+            self.log.info("stopped", table=self.config.daemon.table, table_kept=False)
+        elif self.config is not None:
+            self.log.info("stopped", table=self.config.daemon.table, table_kept=True)
+
+    # ------------------------------------------------------------------ applying
+    async def _apply(self, cfg: Config) -> None:
+        """Install ``cfg``'s ruleset and subjects, keeping everything else on failure."""
+        lay = layout(cfg)
+        paths = [c.path for c in lay.cgroups]
+        root = self._cgroup_root
+        if paths and root is None:
+            root = self._cgroup_root = find_cgroup2_mount()
+        async with self._fw_lock:
+            old_table = self.config.daemon.table if self.config is not None else None
+            existing = await self.fw.existing(lay.table)
+            referenced: set[str] = set()
+            if existing is not None:
+                for m in existing.sets:
+                    if m.startswith("m_cg_"):
+                        for e in await self.fw.dump(lay.table, m):
+                            if e.verdict is not None and e.verdict.chain is not None:
+                                referenced.add(e.verdict.chain)
+            stale_kept = referenced - set(lay.chains)
+            await self.fw.install(script(cfg, lay, existing, keep_chains=stale_kept))
+            self.config, self.layout = cfg, lay
+            self.state.installed = True
+            self.state.generation += 1
+            if root is not None or paths:
+                assert root is not None
+                if self._watcher is None:
+                    self._watcher = CgroupWatcher(root, paths, self._on_cgroups_changed)
+                    self._watcher.start(asyncio.get_running_loop())
+                else:
+                    self._watcher.set_paths(paths)
+                    self._cgroup_dirty = False
+            await self._write_cgroups()
+            if stale_kept:
+                await self.fw.install(delete_chains_script(lay.table, stale_kept))
+            if old_table is not None and old_table != lay.table:
+                await self.fw.delete_table(old_table)
+        self.log.info(
+            "ruleset_installed",
+            table=lay.table,
+            generation=self.state.generation,
+            chains=len(lay.chains),
+            sets=len(lay.set_names),
+        )
+
+    def _on_cgroups_changed(self, ids: Mapping[str, int | None]) -> None:
+        self._cgroup_dirty = True
+        self._wake.set()
+
+    async def sync_cgroups(self) -> None:
+        """Bring the cgroup verdict maps in line with the cgroups that exist now."""
+        async with self._fw_lock:
+            await self._write_cgroups()
+
+    async def _write_cgroups(self) -> None:
+        lay = self.layout
+        if lay is None:
+            return
+        ids = dict(self._watcher.ids) if self._watcher is not None else {}
+        wanted = cgroup_elements(lay, ids)
+        ops: list[SetOp] = []
+        for name, want in wanted.items():
+            have: dict[int, str | None] = {}
+            for e in await self.fw.dump(lay.table, name):
+                cid = int.from_bytes(e.key, sys.byteorder)
+                have[cid] = e.verdict.chain if e.verdict is not None else None
+            remove = [cid for cid, chain in have.items() if want.get(cid) != chain]
+            add = [cid for cid, chain in want.items() if have.get(cid) != chain]
+            if remove:
+                ops.append(
+                    SetOp("delete", "inet", lay.table, name, tuple(Element(cgroup_key(c)) for c in remove))
+                )
+            if add:
+                ops.append(
+                    SetOp(
+                        "add",
+                        "inet",
+                        lay.table,
+                        name,
+                        tuple(Element(cgroup_key(c), verdict=Verdict("jump", want[c])) for c in add),
+                    )
+                )
+        if ops:
+            await self.fw.apply(ops)
+        previous, self.state.cgroup_ids = self.state.cgroup_ids, ids
+        for path, cid in sorted(ids.items()):
+            if path not in previous or previous[path] != cid:
+                self.log.info("cgroup_bound", cgroup=path, id=cid if cid is not None else "absent")
+
+
+async def run_daemon(config_path: str, firewall: Firewall) -> None:
+    """Check the host, then run a daemon until it is asked to stop."""
+    preflight()
+    daemon = Daemon(config_path, firewall)
+    await daemon.run()
+
+
+__all__ = ["Daemon", "FirewallError", "State", "has_cap_net_admin", "preflight", "run_daemon"]

@@ -1,0 +1,264 @@
+"""The firewall as fenced sees it: install a static ruleset, change set elements, read back.
+
+``Firewall`` is the protocol the daemon uses. ``KernelFirewall`` implements it with the
+``nft`` program for the static ruleset (one ``nft -f`` run is one kernel transaction)
+and ``fenced.netlink`` for set and map elements (fast, batched, all-or-nothing).
+``FakeFirewall`` keeps an in-memory table and applies element batches all-or-nothing with
+the kernel's rules (deleting a missing element fails the whole batch), for unit tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from fenced.errors import FirewallError
+from fenced.netlink import DumpedElement, Element, NftNetlink, SetOp
+from fenced.ruleset import Existing
+
+
+class Firewall(Protocol):
+    """What the daemon needs from the kernel's nf_tables (all methods may raise FirewallError)."""
+
+    async def existing(self, table: str) -> Existing | None:
+        """Names of the objects in ``inet table``, or None when the table does not exist."""
+
+    async def install(self, script: str) -> None:
+        """Run an nft script as one transaction: all of it applies, or none of it."""
+
+    async def apply(self, ops: Sequence[SetOp]) -> None:
+        """Apply element changes as one transaction: all of them, or none."""
+
+    async def dump(self, table: str, set_name: str) -> list[DumpedElement]:
+        """Every element of a set or map, with timeouts and verdicts."""
+
+    async def counters(self, table: str) -> dict[str, int]:
+        """Packets counted by each named counter of ``inet table``."""
+
+    async def delete_table(self, table: str) -> None:
+        """Remove ``inet table`` if it exists."""
+
+
+async def _run_nft(args: Sequence[str], stdin: str | None, operation: str) -> str:
+    nft = shutil.which("nft")
+    if nft is None:
+        raise FirewallError(operation, "the nft program is not installed (apt install nftables)")
+    proc = await asyncio.create_subprocess_exec(
+        nft,
+        *args,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+    if proc.returncode != 0:
+        detail = err.decode(errors="replace").strip() or f"nft exited with {proc.returncode}"
+        raise FirewallError(operation, detail)
+    return out.decode()
+
+
+def parse_terse_listing(text: str) -> Existing:
+    """Object names from ``nft -j -t list table`` output."""
+    chains: set[str] = set()
+    sets: set[str] = set()
+    counters: set[str] = set()
+    for item in json.loads(text).get("nftables", []):
+        if "chain" in item:
+            chains.add(item["chain"]["name"])
+        elif "set" in item:
+            sets.add(item["set"]["name"])
+        elif "map" in item:
+            sets.add(item["map"]["name"])
+        elif "counter" in item:
+            counters.add(item["counter"]["name"])
+    return Existing(frozenset(chains), frozenset(sets), frozenset(counters))
+
+
+class KernelFirewall:
+    """The real thing, in the network namespace fenced runs in."""
+
+    def __init__(self) -> None:
+        self._nl: NftNetlink | None = None
+        self._lock = threading.Lock()
+
+    def _netlink(self) -> NftNetlink:
+        if self._nl is None:
+            self._nl = NftNetlink()
+        return self._nl
+
+    async def existing(self, table: str) -> Existing | None:
+        """See ``Firewall.existing``."""
+        try:
+            out = await _run_nft(["-j", "-t", "list", "table", "inet", table], None, "list table")
+        except FirewallError as exc:
+            if "No such file or directory" in exc.detail:
+                return None
+            raise
+        return parse_terse_listing(out)
+
+    async def install(self, script: str) -> None:
+        """See ``Firewall.install``."""
+        await _run_nft(["-f", "-"], script, "install ruleset")
+
+    def _apply_sync(self, ops: Sequence[SetOp]) -> None:
+        with self._lock:
+            self._netlink().apply(ops)
+
+    def _dump_sync(self, table: str, set_name: str) -> list[DumpedElement]:
+        with self._lock:
+            return self._netlink().dump("inet", table, set_name)
+
+    async def apply(self, ops: Sequence[SetOp]) -> None:
+        """See ``Firewall.apply``. Large batches are encoded off the event loop."""
+        if not ops:
+            return
+        if sum(len(op.elements) for op in ops) < 512:
+            self._apply_sync(ops)
+        else:
+            await asyncio.to_thread(self._apply_sync, ops)
+
+    async def dump(self, table: str, set_name: str) -> list[DumpedElement]:
+        """See ``Firewall.dump``."""
+        return await asyncio.to_thread(self._dump_sync, table, set_name)
+
+    async def counters(self, table: str) -> dict[str, int]:
+        """See ``Firewall.counters``."""
+        out = await _run_nft(["-j", "list", "counters", "table", "inet", table], None, "list counters")
+        result: dict[str, int] = {}
+        for item in json.loads(out).get("nftables", []):
+            if "counter" in item:
+                result[item["counter"]["name"]] = int(item["counter"].get("packets", 0))
+        return result
+
+    async def delete_table(self, table: str) -> None:
+        """See ``Firewall.delete_table``."""
+        try:
+            await _run_nft(["delete", "table", "inet", table], None, "delete table")
+        except FirewallError as exc:
+            if "No such file or directory" not in exc.detail:
+                raise
+
+    def close(self) -> None:
+        """Close the netlink socket."""
+        if self._nl is not None:
+            self._nl.close()
+            self._nl = None
+
+
+_DECL = re.compile(r"^\s*(chain|set|map|counter)\s+(\S+)\s*\{", re.MULTILINE)
+_DELETE = re.compile(r"^delete (chain|set|map|counter) inet (\S+) (\S+)$", re.MULTILINE)
+_ADD_TABLE = re.compile(r"^add table inet (\S+)$", re.MULTILINE)
+
+
+@dataclass
+class FakeTable:
+    """The in-memory state of one table in ``FakeFirewall``."""
+
+    chains: set[str] = field(default_factory=set)
+    sets: dict[str, dict[bytes, Element]] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    script: str = ""
+
+
+class FakeFirewall:
+    """An in-memory firewall with the kernel's all-or-nothing rules, for unit tests.
+
+    ``install`` understands the scripts ``fenced.ruleset.script`` produces (declarations
+    and deletions; elements of sets survive, as with ``flush table``). ``apply`` validates
+    the whole batch against the current state before changing anything. Set ``fail_next``
+    to make the next call raise, as a kernel error would.
+    """
+
+    def __init__(self) -> None:
+        self.tables: dict[str, FakeTable] = {}
+        self.fail_next: FirewallError | None = None
+        self.calls: list[str] = []
+
+    def _maybe_fail(self, what: str) -> None:
+        self.calls.append(what)
+        if self.fail_next is not None:
+            exc, self.fail_next = self.fail_next, None
+            raise exc
+
+    async def existing(self, table: str) -> Existing | None:
+        """See ``Firewall.existing``."""
+        t = self.tables.get(table)
+        if t is None:
+            return None
+        return Existing(frozenset(t.chains), frozenset(t.sets), frozenset(t.counters))
+
+    async def install(self, script: str) -> None:
+        """See ``Firewall.install``."""
+        self._maybe_fail("install")
+        m = _ADD_TABLE.search(script)
+        if m is None:
+            raise FirewallError("install ruleset", "fake: script adds no table")
+        name = m.group(1)
+        old = self.tables.get(name, FakeTable())
+        new = FakeTable(set(old.chains), {k: dict(v) for k, v in old.sets.items()}, dict(old.counters))
+        for kind, _table, obj in _DELETE.findall(script):
+            store = {"chain": new.chains, "counter": new.counters}.get(kind, new.sets)
+            if obj not in store:
+                raise FirewallError("install ruleset", f"fake: no {kind} {obj} to delete")
+            if isinstance(store, set):
+                store.discard(obj)
+            else:
+                del store[obj]
+        for kind, obj in _DECL.findall(script):
+            if kind == "chain":
+                new.chains.add(obj)
+            elif kind == "counter":
+                new.counters.setdefault(obj, 0)
+            else:
+                new.sets.setdefault(obj, {})
+        new.script = script
+        self.tables[name] = new
+
+    async def apply(self, ops: Sequence[SetOp]) -> None:
+        """See ``Firewall.apply``: validated whole, then applied whole."""
+        self._maybe_fail("apply")
+        staged = {name: {k: dict(v) for k, v in t.sets.items()} for name, t in self.tables.items()}
+        for op in ops:
+            sets = staged.get(op.table)
+            if sets is None or op.set not in sets:
+                raise FirewallError(f"{op.action} elements of {op.set}", "No such file or directory", 2)
+            elems = sets[op.set]
+            if op.action == "flush":
+                elems.clear()
+            for e in op.elements:
+                if op.action == "add":
+                    elems[e.key] = e
+                elif op.action == "delete":
+                    if e.key not in elems:
+                        raise FirewallError(f"delete elements of {op.set}", "No such file or directory", 2)
+                    del elems[e.key]
+                elif op.action == "refresh":
+                    elems[e.key] = e
+        for name, sets in staged.items():
+            self.tables[name].sets = sets
+
+    async def dump(self, table: str, set_name: str) -> list[DumpedElement]:
+        """See ``Firewall.dump`` (timeouts are reported as given, expiry as the timeout)."""
+        t = self.tables.get(table)
+        if t is None or set_name not in t.sets:
+            raise FirewallError(f"list elements of {set_name}", "No such file or directory", 2)
+        return [
+            DumpedElement(key=e.key, timeout_ms=e.timeout_ms, expires_ms=e.timeout_ms, verdict=e.verdict)
+            for e in t.sets[set_name].values()
+        ]
+
+    async def counters(self, table: str) -> dict[str, int]:
+        """See ``Firewall.counters``."""
+        t = self.tables.get(table)
+        return dict(t.counters) if t is not None else {}
+
+    async def delete_table(self, table: str) -> None:
+        """See ``Firewall.delete_table``."""
+        self._maybe_fail("delete_table")
+        self.tables.pop(table, None)

@@ -1,0 +1,133 @@
+"""The validated configuration: plain, immutable values that the rest of fenced reads.
+
+Nothing here touches the system. ``fenced.config`` builds these values from TOML files;
+the ruleset renderer, the DNS engine and the daemon only ever see them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+Proto = Literal["tcp", "udp", "icmp"]
+Mode = Literal["enforce", "audit"]
+OnExit = Literal["keep", "remove"]
+
+#: Protocols an outbound entry without ``/proto`` allows.
+DEFAULT_PROTOS: frozenset[Proto] = frozenset(("tcp", "udp"))
+
+
+@dataclass(frozen=True, order=True)
+class PortRange:
+    """An inclusive range of ports, ``1 <= first <= last <= 65535``."""
+
+    first: int
+    last: int
+
+    def __str__(self) -> str:
+        return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+
+
+@dataclass(frozen=True, order=True)
+class PortSpec:
+    """Which protocols and ports an entry opens.
+
+    ``protos`` is never empty. ``ports`` is sorted, merged (no two ranges overlap or
+    touch) and empty when every port is meant; it is always empty for ``icmp``.
+    Two entries with equal specs share one rule group (and one set per family).
+    """
+
+    protos: tuple[Proto, ...]
+    ports: tuple[PortRange, ...] = ()
+
+    def describe(self) -> str:
+        """Canonical text, e.g. ``tcp,udp:80,443,8000-8100`` or ``icmp``; stable across runs."""
+        protos = ",".join(self.protos)
+        if not self.ports:
+            return protos
+        return protos + ":" + ",".join(str(r) for r in self.ports)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One ``outbound`` entry: a domain name or a network, and the ports it opens.
+
+    Exactly one of ``domain`` and ``network`` is set. ``domain`` is lower case with no
+    trailing dot. ``text`` is the entry as written, for messages.
+    """
+
+    text: str
+    spec: PortSpec
+    domain: str | None = None
+    network: IPNetwork | None = None
+
+
+@dataclass(frozen=True)
+class Listen:
+    """One ``inbound`` entry: ports local listeners of the policy may accept on."""
+
+    text: str
+    spec: PortSpec
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A named policy: which processes it confines and what they may reach.
+
+    ``uids`` and ``gids`` are numeric (names were looked up when the file was read).
+    ``cgroups`` are paths relative to the cgroup2 mount, without leading or trailing
+    ``/``, e.g. ``system.slice/web.service``; each confines its whole subtree.
+    """
+
+    name: str
+    uids: tuple[int, ...] = ()
+    gids: tuple[int, ...] = ()
+    cgroups: tuple[str, ...] = ()
+    mode: Mode = "enforce"
+    outbound: tuple[Target, ...] = ()
+    inbound: tuple[Listen, ...] = ()
+    loopback: bool = False
+    allow_private: bool = False
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        """Every domain name the policy's outbound entries list, sorted, each once."""
+        return tuple(sorted({t.domain for t in self.outbound if t.domain is not None}))
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """The ``[daemon]`` table. Times are in seconds."""
+
+    listen: str = "127.0.0.1:9100"
+    table: str = "fenced"
+    resolvers: tuple[IPAddress, ...] = ()
+    min_ttl: int = 5
+    max_ttl: int = 3600
+    grace: int = 30
+    stale: int = 300
+    max_ips_per_name: int = 64
+    on_exit: OnExit = "keep"
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole validated configuration: the daemon settings and the policies by name order.
+
+    ``files`` lists every file it was read from, main file first.
+    """
+
+    daemon: DaemonConfig
+    policies: tuple[Policy, ...] = ()
+    files: tuple[str, ...] = field(default=())
+
+    def policy(self, name: str) -> Policy:
+        """The policy called ``name``; KeyError if there is none."""
+        for p in self.policies:
+            if p.name == name:
+                return p
+        raise KeyError(name)
