@@ -1,0 +1,145 @@
+"""Unit tests of the pure ruleset renderer (fenced.ruleset)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from fenced.model import Config, DaemonConfig, Listen, Policy, PortRange, PortSpec, Target
+from fenced.ruleset import (
+    Existing,
+    cgroup_elements,
+    cgroup_level,
+    layout,
+    policy_chain,
+    script,
+)
+
+TCP443 = PortSpec(("tcp",), (PortRange(443, 443),))
+TCPUDP = PortSpec(("tcp", "udp"), ())
+
+
+def _cfg(*policies: Policy, table: str = "fenced") -> Config:
+    daemon = DaemonConfig(table=table, resolvers=(ipaddress.ip_address("192.0.2.53"),))
+    return Config(daemon=daemon, policies=tuple(policies))
+
+
+def _web(**kw: object) -> Policy:
+    base: dict[str, object] = {
+        "name": "web",
+        "uids": (4242,),
+        "outbound": (
+            Target("api.example.com:443/tcp", TCP443, domain="api.example.com"),
+            Target("cdn.example.com:443/tcp", TCP443, domain="cdn.example.com"),
+            Target(
+                "198.51.100.0/24:443/tcp", TCP443, network=ipaddress.ip_network("198.51.100.0/24")
+            ),
+            Target("db.example.com", TCPUDP, domain="db.example.com"),
+        ),
+        "inbound": (Listen("8080/tcp", PortSpec(("tcp",), (PortRange(8080, 8080),))),),
+    }
+    base.update(kw)
+    return Policy(**base)  # type: ignore[arg-type]
+
+
+def test_domains_sharing_a_port_spec_share_sets() -> None:
+    """Names with the same ports share one set per family; other specs get their own."""
+    lay = layout(_cfg(_web()))
+    names = {ds.name for ds in lay.sets_for("api.example.com")}
+    assert names == {ds.name for ds in lay.sets_for("cdn.example.com")}
+    assert len(names) == 2
+    assert names.isdisjoint(ds.name for ds in lay.sets_for("db.example.com"))
+    assert {ds.family for ds in lay.sets_for("db.example.com")} == {4, 6}
+
+
+def test_set_names_are_stable_when_other_entries_change() -> None:
+    """Adding an unrelated entry does not rename an existing group's sets (IPs survive reloads)."""
+    before = {ds.name for ds in layout(_cfg(_web())).sets_for("api.example.com")}
+    extra = (*_web().outbound, Target("x.example.com:22/tcp", PortSpec(("tcp",), (PortRange(22, 22),)), domain="x.example.com"))
+    after = {ds.name for ds in layout(_cfg(_web(outbound=extra))).sets_for("api.example.com")}
+    assert before == after
+
+
+def test_out_chain_allows_resolvers_groups_and_rejects_the_rest() -> None:
+    """The policy's out chain returns for resolvers, static and dynamic entries, then rejects."""
+    cfg = _cfg(_web())
+    text = script(cfg, layout(cfg))
+    assert "ip daddr { 192.0.2.53 } meta l4proto { tcp, udp } th dport 53 return" in text
+    assert "ip daddr { 198.51.100.0/24 } tcp dport { 443 } return" in text
+    ds4 = next(d for d in layout(cfg).sets_for("api.example.com") if d.family == 4)
+    assert f"ip daddr @{ds4.name} tcp dport {{ 443 }} return" in text
+    assert 'counter name "denied_web_out"' in text
+    assert 'log prefix "fenced web out "' in text
+    assert "reject with icmpx admin-prohibited" in text
+    assert "127.0.0.0/8" not in text  # loopback defaults to false
+
+
+def test_loopback_true_allows_loopback() -> None:
+    """loopback = true adds returns for 127.0.0.0/8 and ::1."""
+    cfg = _cfg(_web(loopback=True))
+    text = script(cfg, layout(cfg))
+    assert "ip daddr 127.0.0.0/8 return" in text
+    assert "ip6 daddr ::1 return" in text
+
+
+def test_audit_mode_counts_logs_and_returns() -> None:
+    """Audit mode never rejects or drops; it counts, logs with an audit prefix and returns."""
+    cfg = _cfg(_web(mode="audit"))
+    text = script(cfg, layout(cfg))
+    assert "reject" not in text.split("chain output_reply")[0].split("chain p_web_out")[1]
+    assert 'log prefix "fenced web out audit "' in text
+    assert " drop" not in text and "\tdrop" not in text
+
+
+def test_uid_maps_carry_numbers_and_inbound_uses_reply_trick() -> None:
+    """uid maps jump to the policy chains; listeners' replies on unlisted ports are marked and dropped."""
+    cfg = _cfg(_web())
+    text = script(cfg, layout(cfg))
+    assert "elements = { 4242 : jump p_web_out }" in text
+    assert "elements = { 4242 : jump p_web_reply }" in text
+    reply = text.split("chain p_web_reply {")[1].split("\n\t}")[0]
+    assert "tcp sport { 8080 } return" in reply
+    assert "ct mark set ct mark or 0x40000000" in text
+    assert "ct mark & 0x40000000 == 0x40000000 meta l4proto tcp reject with tcp reset" in text
+
+
+def test_cgroup_maps_per_level_and_elements() -> None:
+    """cgroups get one verdict map per depth and direction; absent cgroups get no element."""
+    p = _web(uids=(), cgroups=("system.slice/web.service", "a/b/c"))
+    lay = layout(_cfg(p))
+    assert cgroup_level("system.slice/web.service") == 2
+    assert set(lay.maps) == {"m_cg_out_2", "m_cg_in_2", "m_cg_out_3", "m_cg_in_3"}
+    text = script(_cfg(p), lay)
+    assert "socket cgroupv2 level 2 vmap @m_cg_out_2" in text
+    assert "socket cgroupv2 level 3 vmap @m_cg_in_3" in text
+    wanted = cgroup_elements(lay, {"system.slice/web.service": 77, "a/b/c": None})
+    assert wanted["m_cg_out_2"] == {77: policy_chain("web", "out")}
+    assert wanted["m_cg_in_2"] == {77: policy_chain("web", "in")}
+    assert wanted["m_cg_out_3"] == {}
+
+
+def test_reload_script_deletes_stale_objects_but_keeps_referenced_chains() -> None:
+    """Objects the new config lacks are deleted, except chains cgroup elements still jump to."""
+    cfg = _cfg(_web())
+    lay = layout(cfg)
+    existing = Existing(
+        chains=frozenset({*lay.chains, "p_old_out", "p_old_in", "p_old_reply"}),
+        sets=frozenset({*lay.set_names, "d_old_00000000_4"}),
+        counters=frozenset({*lay.counters, "denied_old_out"}),
+    )
+    text = script(cfg, lay, existing, keep_chains={"p_old_out"})
+    assert "delete chain inet fenced p_old_in" in text
+    assert "delete chain inet fenced p_old_out" not in text
+    assert "delete set inet fenced d_old_00000000_4" in text
+    assert "delete counter inet fenced denied_old_out" in text
+    assert "flush map inet fenced m_uid_out" in text
+    head, _, _ = text.partition("table inet fenced {")
+    assert head.index("flush table") < head.index("delete chain")
+
+
+def test_no_closing_braces_share_a_line() -> None:
+    """nft 1.0.6 rejects '} }' on one line; the renderer never writes it."""
+    cfg = _cfg(_web(cgroups=("x/y",)))
+    text = script(cfg, layout(cfg))
+    assert "} }" not in text.replace("{ ", "").replace("} :", "")
+    for line in text.splitlines():
+        assert line.count("}") <= 1 or "{" in line
