@@ -21,7 +21,11 @@ DEFAULT_CONFIG = "/etc/fenced/fenced.toml"
 
 
 def _summary(cfg: Config) -> str:
-    lines = [f"ok: {len(cfg.files)} file(s), {len(cfg.policies)} polic(y/ies), table inet {cfg.daemon.table}"]
+    n_files, n_pol = len(cfg.files), len(cfg.policies)
+    lines = [
+        f"ok: {n_files} file{'s' if n_files != 1 else ''}, "
+        f"{n_pol} polic{'ies' if n_pol != 1 else 'y'}, table inet {cfg.daemon.table}"
+    ]
     for p in cfg.policies:
         subjects = []
         if p.uids:
