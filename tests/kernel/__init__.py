@@ -1,0 +1,1 @@
+"""Tests against the real kernel, each inside a network namespace it creates (needs root)."""
