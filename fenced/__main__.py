@@ -13,7 +13,9 @@ from collections.abc import Sequence
 
 from fenced import __version__
 from fenced import config as config_mod
+from fenced.daemon import run_daemon
 from fenced.errors import ConfigError, FirewallError, SystemCheckError
+from fenced.firewall import KernelFirewall
 from fenced.model import Config
 from fenced.ruleset import layout, script
 
@@ -76,9 +78,6 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM/SIGINT."""
-    from fenced.daemon import run_daemon
-    from fenced.firewall import KernelFirewall
-
     firewall = KernelFirewall()
     try:
         asyncio.run(run_daemon(args.config, firewall))
@@ -99,7 +98,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fenced`` command."""
-    parser = argparse.ArgumentParser(prog="fenced", description="Confine processes' network access.")
+    parser = argparse.ArgumentParser(
+        prog="fenced", description="Confine processes' network access."
+    )
     parser.add_argument("--version", action="version", version=f"fenced {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, help_ in (

@@ -248,15 +248,21 @@ class Daemon:
         wanted = cgroup_elements(lay, ids)
         ops: list[SetOp] = []
         for name, want in wanted.items():
-            have: dict[int, str | None] = {}
-            for e in await self.fw.dump(lay.table, name):
-                cid = int.from_bytes(e.key, sys.byteorder)
-                have[cid] = e.verdict.chain if e.verdict is not None else None
+            have: dict[int, str | None] = {
+                int.from_bytes(e.key, sys.byteorder): e.verdict.chain if e.verdict else None
+                for e in await self.fw.dump(lay.table, name)
+            }
             remove = [cid for cid, chain in have.items() if want.get(cid) != chain]
-            add = [cid for cid, chain in want.items() if have.get(cid) != chain]
+            add = [cid for cid, target in want.items() if have.get(cid) != target]
             if remove:
                 ops.append(
-                    SetOp("delete", "inet", lay.table, name, tuple(Element(cgroup_key(c)) for c in remove))
+                    SetOp(
+                        "delete",
+                        "inet",
+                        lay.table,
+                        name,
+                        tuple(Element(cgroup_key(c)) for c in remove),
+                    )
                 )
             if add:
                 ops.append(
@@ -265,15 +271,18 @@ class Daemon:
                         "inet",
                         lay.table,
                         name,
-                        tuple(Element(cgroup_key(c), verdict=Verdict("jump", want[c])) for c in add),
+                        tuple(
+                            Element(cgroup_key(c), verdict=Verdict("jump", want[c])) for c in add
+                        ),
                     )
                 )
         if ops:
             await self.fw.apply(ops)
         previous, self.state.cgroup_ids = self.state.cgroup_ids, ids
-        for path, cid in sorted(ids.items()):
-            if path not in previous or previous[path] != cid:
-                self.log.info("cgroup_bound", cgroup=path, id=cid if cid is not None else "absent")
+        for path, now_id in sorted(ids.items()):
+            if path not in previous or previous[path] != now_id:
+                shown = now_id if now_id is not None else "absent"
+                self.log.info("cgroup_bound", cgroup=path, id=shown)
 
 
 async def run_daemon(config_path: str, firewall: Firewall) -> None:

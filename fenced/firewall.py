@@ -129,7 +129,9 @@ class KernelFirewall:
 
     async def counters(self, table: str) -> dict[str, int]:
         """See ``Firewall.counters``."""
-        out = await _run_nft(["-j", "list", "counters", "table", "inet", table], None, "list counters")
+        out = await _run_nft(
+            ["-j", "list", "counters", "table", "inet", table], None, "list counters"
+        )
         result: dict[str, int] = {}
         for item in json.loads(out).get("nftables", []):
             if "counter" in item:
@@ -201,15 +203,18 @@ class FakeFirewall:
             raise FirewallError("install ruleset", "fake: script adds no table")
         name = m.group(1)
         old = self.tables.get(name, FakeTable())
-        new = FakeTable(set(old.chains), {k: dict(v) for k, v in old.sets.items()}, dict(old.counters))
+        new = FakeTable(
+            set(old.chains), {k: dict(v) for k, v in old.sets.items()}, dict(old.counters)
+        )
         for kind, _table, obj in _DELETE.findall(script):
-            store = {"chain": new.chains, "counter": new.counters}.get(kind, new.sets)
-            if obj not in store:
-                raise FirewallError("install ruleset", f"fake: no {kind} {obj} to delete")
-            if isinstance(store, set):
-                store.discard(obj)
+            if kind == "chain" and obj in new.chains:
+                new.chains.discard(obj)
+            elif kind == "counter" and obj in new.counters:
+                del new.counters[obj]
+            elif kind in ("set", "map") and obj in new.sets:
+                del new.sets[obj]
             else:
-                del store[obj]
+                raise FirewallError("install ruleset", f"fake: no {kind} {obj} to delete")
         for kind, obj in _DECL.findall(script):
             if kind == "chain":
                 new.chains.add(obj)
@@ -227,7 +232,9 @@ class FakeFirewall:
         for op in ops:
             sets = staged.get(op.table)
             if sets is None or op.set not in sets:
-                raise FirewallError(f"{op.action} elements of {op.set}", "No such file or directory", 2)
+                raise FirewallError(
+                    f"{op.action} elements of {op.set}", "No such file or directory", 2
+                )
             elems = sets[op.set]
             if op.action == "flush":
                 elems.clear()
@@ -236,7 +243,9 @@ class FakeFirewall:
                     elems[e.key] = e
                 elif op.action == "delete":
                     if e.key not in elems:
-                        raise FirewallError(f"delete elements of {op.set}", "No such file or directory", 2)
+                        raise FirewallError(
+                            f"delete elements of {op.set}", "No such file or directory", 2
+                        )
                     del elems[e.key]
                 elif op.action == "refresh":
                     elems[e.key] = e
@@ -249,7 +258,9 @@ class FakeFirewall:
         if t is None or set_name not in t.sets:
             raise FirewallError(f"list elements of {set_name}", "No such file or directory", 2)
         return [
-            DumpedElement(key=e.key, timeout_ms=e.timeout_ms, expires_ms=e.timeout_ms, verdict=e.verdict)
+            DumpedElement(
+                key=e.key, timeout_ms=e.timeout_ms, expires_ms=e.timeout_ms, verdict=e.verdict
+            )
             for e in t.sets[set_name].values()
         ]
 

@@ -39,6 +39,7 @@ from fenced.model import Config, IPNetwork, Policy, PortSpec
 
 Family = Literal[4, 6]
 Direction = Literal["out", "in"]
+FAMILIES: tuple[Family, ...] = (4, 6)
 
 #: The conntrack mark bit fenced sets on inbound flows it refused by uid/gid.
 REFUSED_MARK = 0x40000000
@@ -149,9 +150,9 @@ def layout(config: Config) -> Layout:
             domains = tuple(sorted({d for d in dests if isinstance(d, str)}))
             if not domains:
                 continue
-            for fam in (4, 6):
+            for fam in FAMILIES:
                 name = f"d_{policy.name}_{_spec_hash(spec)}_{fam}"
-                domain_sets.append(DomainSet(name, policy.name, fam, spec, domains))  # type: ignore[arg-type]
+                domain_sets.append(DomainSet(name, policy.name, fam, spec, domains))
         for path in policy.cgroups:
             level = cgroup_level(path)
             levels.add(level)
@@ -234,31 +235,34 @@ def _set_literal(networks: Sequence[IPNetwork]) -> str:
     def one(n: IPNetwork) -> str:
         return str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n)
 
-    return "{ " + ", ".join(one(n) for n in sorted(networks, key=lambda n: (n.version, n))) + " }"  # type: ignore[arg-type, return-value]
+    ordered = sorted(networks, key=lambda n: (n.version, int(n.network_address), n.prefixlen))
+    return "{ " + ", ".join(one(n) for n in ordered) + " }"
 
 
 def _out_chain(config: Config, policy: Policy, lay: Layout) -> list[str]:
     rules: list[str] = []
     resolvers = _split(ipaddress.ip_network(r) for r in config.daemon.resolvers)
-    for fam in (4, 6):
+    for fam in FAMILIES:
         if resolvers[fam]:
             rules.append(
-                f"{_addr_match(fam, _set_literal(resolvers[fam]))} "  # type: ignore[arg-type]
+                f"{_addr_match(fam, _set_literal(resolvers[fam]))} "
                 "meta l4proto { tcp, udp } th dport 53 return"
             )
     if policy.loopback:
         rules += ["ip daddr 127.0.0.0/8 return", "ip6 daddr ::1 return"]
-    sets = {(s.spec, s.family): s.name for s in lay.domain_sets if s.policy == policy.name}
+    sets: dict[tuple[PortSpec, Family], str] = {
+        (s.spec, s.family): s.name for s in lay.domain_sets if s.policy == policy.name
+    }
     for spec, dests in sorted(_groups(policy).items()):
         l4 = _l4_match(spec)
         static = _split(d for d in dests if not isinstance(d, str))
-        for fam in (4, 6):
+        for fam in FAMILIES:
             if static[fam]:
-                rules.append(f"{_addr_match(fam, _set_literal(static[fam]))} {l4} return")  # type: ignore[arg-type]
-        for fam in (4, 6):
-            name = sets.get((spec, fam))  # type: ignore[arg-type]
+                rules.append(f"{_addr_match(fam, _set_literal(static[fam]))} {l4} return")
+        for fam in FAMILIES:
+            name = sets.get((spec, fam))
             if name is not None:
-                rules.append(f"{_addr_match(fam, '@' + name)} {l4} return")  # type: ignore[arg-type]
+                rules.append(f"{_addr_match(fam, '@' + name)} {l4} return")
     return rules + _deny(policy, "out")
 
 
@@ -417,9 +421,7 @@ def delete_chains_script(table: str, chains: Iterable[str]) -> str:
     return "".join(f"delete chain inet {table} {c}\n" for c in sorted(chains))
 
 
-def cgroup_elements(
-    lay: Layout, ids: Mapping[str, int | None]
-) -> dict[str, dict[int, str]]:
+def cgroup_elements(lay: Layout, ids: Mapping[str, int | None]) -> dict[str, dict[int, str]]:
     """Wanted cgroup map contents: map name -> {cgroup id: chain to jump to}.
 
     ``ids`` gives the current id of each configured cgroup path (None: does not exist).

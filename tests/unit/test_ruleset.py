@@ -54,7 +54,12 @@ def test_domains_sharing_a_port_spec_share_sets() -> None:
 def test_set_names_are_stable_when_other_entries_change() -> None:
     """Adding an unrelated entry does not rename an existing group's sets (IPs survive reloads)."""
     before = {ds.name for ds in layout(_cfg(_web())).sets_for("api.example.com")}
-    extra = (*_web().outbound, Target("x.example.com:22/tcp", PortSpec(("tcp",), (PortRange(22, 22),)), domain="x.example.com"))
+    extra = (
+        *_web().outbound,
+        Target(
+            "x.example.com:22/tcp", PortSpec(("tcp",), (PortRange(22, 22),)), domain="x.example.com"
+        ),
+    )
     after = {ds.name for ds in layout(_cfg(_web(outbound=extra))).sets_for("api.example.com")}
     assert before == after
 
@@ -91,7 +96,7 @@ def test_audit_mode_counts_logs_and_returns() -> None:
 
 
 def test_uid_maps_carry_numbers_and_inbound_uses_reply_trick() -> None:
-    """uid maps jump to the policy chains; listeners' replies on unlisted ports are marked and dropped."""
+    """uid maps jump to policy chains; replies from unlisted ports are marked and dropped."""
     cfg = _cfg(_web())
     text = script(cfg, layout(cfg))
     assert "elements = { 4242 : jump p_web_out }" in text
