@@ -1,0 +1,422 @@
+"""Turn cache changes into set writes, knowing what the kernel holds. Pure.
+
+The planner keeps a *mirror* of fenced's domain sets in the kernel, ``{set: {ip:
+expiry}}``, where ``expiry`` is when the kernel will drop the element by itself (the
+timeout it was written with, counted from the ``now`` of the plan). Given a cache view,
+a ``sets_for(key)`` function and a :class:`~fenced.cache.Change`, it computes for every
+touched (set, IP) pair the expiry the set should give the IP:
+
+    the latest expiry among the keys that hold the IP and map to the set, or none when
+    the set's family differs, the IP is in a restricted range and the set's policy does
+    not allow private addresses (:func:`is_restricted`), or no key holds it.
+
+and plans the difference as ``SetOp`` s:
+
+* not in the kernel -> ``add`` with ``timeout_ms = ceil((expiry - now) * 1000)``
+  (``refresh`` instead when the mirror cannot rule out that the kernel still holds it:
+  an element that just timed out, or a set whose content is unknown);
+* expiry differs by more than ``slack`` -> ``refresh`` (rewrites the timeout on every
+  kernel; also moves it earlier);
+* no longer wanted while the kernel would keep it for more than ``slack`` -> ``delete``;
+* no longer wanted and about to time out anyway -> nothing: the kernel removes it.
+
+The mirror changes only in :meth:`Planner.commit`, called once the write succeeded; until
+then every planned pair stays *dirty* and is planned again next time, so a failed write is
+never forgotten. Nothing here reads a clock or does I/O; times are seconds of a monotonic
+clock. Splitting big batches for netlink's 64 KiB limit is ``fenced.netlink``'s job.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import math
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, Literal, Protocol, TypeVar
+
+from fenced.cache import Change
+from fenced.model import IPAddress
+from fenced.netlink import DumpedElement, Element, SetOp, ipv4_key, ipv6_key, key_to_ip
+
+_Action = Literal["delete", "add", "refresh"]
+K = TypeVar("K", bound=Hashable)
+
+#: The kernel accepts element timeouts up to 2^44 ms.
+MAX_TIMEOUT_MS = (1 << 44) - 1
+
+# ------------------------------------------------------------------------------ guard
+
+_V4_RESTRICTED = tuple(
+    ipaddress.IPv4Network(n)
+    for n in (
+        "0.0.0.0/8",  # unspecified / "this network"
+        "10.0.0.0/8",  # RFC 1918
+        "100.64.0.0/10",  # CGNAT (RFC 6598)
+        "127.0.0.0/8",  # loopback
+        "169.254.0.0/16",  # link-local, incl. cloud metadata 169.254.169.254
+        "172.16.0.0/12",  # RFC 1918
+        "192.168.0.0/16",  # RFC 1918
+        "224.0.0.0/4",  # multicast
+        "255.255.255.255/32",  # limited broadcast
+    )
+)
+_V6_RESTRICTED = tuple(
+    ipaddress.IPv6Network(n)
+    for n in (
+        "::/128",  # unspecified
+        "::1/128",  # loopback
+        "fc00::/7",  # unique local, incl. metadata fd00:ec2::254
+        "fe80::/10",  # link-local
+        "ff00::/8",  # multicast
+    )
+)
+_V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def is_restricted(ip: IPAddress) -> bool:
+    """Whether ``ip`` is in a range a domain answer must not open by default.
+
+    Private, loopback, link-local, CGNAT, multicast, unspecified, broadcast or cloud
+    metadata, v4 or v6; a v4-mapped ``::ffff:a.b.c.d`` or NAT64 ``64:ff9b::a.b.c.d``
+    address is judged by its v4 part.
+
+    An explicit list, not ``ipaddress``'s ``is_private``: that one also counts the
+    documentation ranges (192.0.2.0/24, 2001:db8::/32, ...) as private.
+    """
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _V4_MAPPED or ip in _NAT64:
+            return is_restricted(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        return any(ip in net for net in _V6_RESTRICTED)
+    return any(ip in net for net in _V4_RESTRICTED)
+
+
+# ------------------------------------------------------------------------------ types
+
+
+@dataclass(frozen=True)
+class SetTarget:
+    """A domain set addresses may go in.
+
+    ``allow_private`` is the set's policy's ``Policy.allow_private``: whether restricted
+    addresses (:func:`is_restricted`) may go in.
+    """
+
+    name: str
+    family: Literal[4, 6]
+    allow_private: bool = False
+
+
+class CacheView(Protocol[K]):
+    """The read side of a :class:`~fenced.cache.DnsCache` the planner needs."""
+
+    def sources(self) -> Iterable[K]:  # pragma: no cover - protocol
+        """Every key holding IPs."""
+        ...
+
+    def ips(self, key: K) -> Iterable[IPAddress]:  # pragma: no cover - protocol
+        """The IPs ``key`` holds."""
+        ...
+
+    def holders(self, ip: IPAddress) -> Iterable[K]:  # pragma: no cover - protocol
+        """The keys holding ``ip``."""
+        ...
+
+    def expiry(self, key: K, ip: IPAddress) -> float | None:  # pragma: no cover
+        """When ``ip`` leaves ``key``, None when ``key`` does not hold it."""
+        ...
+
+
+@dataclass(frozen=True)
+class Filtered(Generic[K]):
+    """A restricted address a key named, kept out of a set whose policy forbids it."""
+
+    key: K
+    ip: IPAddress
+    set: str
+
+
+@dataclass(frozen=True)
+class Plan(Generic[K]):
+    """Set operations to apply as one transaction, and what the mirror becomes after them.
+
+    ``ops`` may be empty (the plan must still be committed to clean its pairs).
+    ``result`` maps (set, IP) to the kernel expiry after the write (None: not held).
+    ``filtered`` lists restricted addresses kept out of sets (for logging).
+    """
+
+    ops: tuple[SetOp, ...]
+    result: Mapping[tuple[str, IPAddress], float | None]
+    filtered: tuple[Filtered[K], ...]
+    generation: int
+    _ticks: Mapping[tuple[str, IPAddress], int] = field(repr=False)
+
+    @property
+    def elements(self) -> int:
+        """How many elements the ops name."""
+        return sum(len(op.elements) for op in self.ops)
+
+
+def _key(ip: IPAddress) -> bytes:
+    return ipv4_key(ip) if isinstance(ip, ipaddress.IPv4Address) else ipv6_key(ip)
+
+
+def timeout_ms(now: float, expiry: float) -> int:
+    """The element timeout (ms) that makes the kernel drop an element at ``expiry``.
+
+    Rounded up; at least 1 ms, at most the kernel's limit.
+    """
+    return max(1, min(MAX_TIMEOUT_MS, math.ceil((expiry - now) * 1000)))
+
+
+class Planner(Generic[K]):
+    """Keeps the kernel mirror of the domain sets of ``inet table`` and plans writes.
+
+    ``view`` is the cache, ``sets_for(key)`` the sets a key's IPs go in (only sets given
+    to :meth:`set_sets` exist; others are ignored). ``slack``: expiry differences up to
+    this many seconds are not rewritten, and an element that times out within it is not
+    deleted. ``linger``: how long after its expiry an element may still be in the kernel
+    (writes of such an element use ``refresh`` rather than ``add``).
+
+    Use it from one task: ``plan`` -> write ``plan.ops`` -> ``commit(plan)`` on success.
+    """
+
+    def __init__(
+        self,
+        table: str,
+        view: CacheView[K],
+        sets_for: Callable[[K], Sequence[SetTarget]],
+        *,
+        slack: float = 1.0,
+        linger: float = 5.0,
+    ) -> None:
+        self.table = table
+        self.view = view
+        self.sets_for = sets_for
+        self.slack = slack
+        self.linger = linger
+        self._sets: dict[str, SetTarget] = {}
+        self._known: set[str] = set()
+        self._mirror: dict[str, dict[IPAddress, float]] = {}
+        self._where: dict[IPAddress, set[str]] = {}
+        self._dirty: dict[tuple[str, IPAddress], int] = {}
+        self._tick = itertools.count(1)
+        self.generation = 0
+
+    # ------------------------------------------------------------------ reading
+    def mirror(self) -> dict[str, dict[IPAddress, float]]:
+        """A copy of what the planner believes each set holds: ``{set: {ip: expiry}}``."""
+        return {name: dict(ips) for name, ips in self._mirror.items() if ips}
+
+    @property
+    def dirty(self) -> int:
+        """How many (set, IP) pairs wait for a successful write."""
+        return len(self._dirty)
+
+    @property
+    def sets(self) -> Mapping[str, SetTarget]:
+        """The sets that exist, by name."""
+        return dict(self._sets)
+
+    # ------------------------------------------------------------------ configuring
+    def set_sets(self, sets: Iterable[SetTarget], *, fresh: Iterable[str] = ()) -> None:
+        """Declare the sets that exist now (after an install or reload) and resync.
+
+        Mirrors of sets not listed are dropped without writes (the ruleset deleted them).
+        ``fresh`` names sets known to be empty (just created). Every pair is planned again,
+        so keys whose sets changed get their IPs moved.
+        """
+        self.generation += 1
+        self._sets = {s.name: s for s in sets}
+        for name in list(self._mirror):
+            if name not in self._sets:
+                self._drop_set(name)
+        self._known &= set(self._sets)
+        for name in fresh:
+            if name in self._sets:
+                self._drop_set(name)
+                self._known.add(name)
+        self.resync()
+
+    def resync(self) -> None:
+        """Mark every pair the cache or the mirror knows as dirty (plan all of them again)."""
+        for name, ips in self._mirror.items():
+            for ip in ips:
+                self._mark(name, ip)
+        for key in self.view.sources():
+            self._mark_key(key, self.view.ips(key))
+
+    def _drop_set(self, name: str) -> None:
+        for ip in self._mirror.pop(name, {}):
+            self._unwhere(name, ip)
+        self._known.discard(name)
+        for pair in [p for p in self._dirty if p[0] == name]:
+            del self._dirty[pair]
+
+    def _unwhere(self, name: str, ip: IPAddress) -> None:
+        where = self._where.get(ip)
+        if where is not None:
+            where.discard(name)
+            if not where:
+                del self._where[ip]
+
+    def _mark(self, name: str, ip: IPAddress) -> None:
+        if name in self._sets:
+            self._dirty[(name, ip)] = next(self._tick)
+
+    def _mark_key(self, key: K, ips: Iterable[IPAddress]) -> None:
+        targets = [t for t in self.sets_for(key) if t.name in self._sets]
+        for ip in ips:
+            for t in targets:
+                if ip.version == t.family:
+                    self._mark(t.name, ip)
+            for name in self._where.get(ip, ()):
+                self._mark(name, ip)
+
+    # ------------------------------------------------------------------ planning
+    def expire(self, now: float) -> None:
+        """Forget mirror elements the kernel has certainly dropped (``expiry + linger <= now``).
+
+        No writes: the kernel removes timed-out elements by itself.
+        """
+        for name, ips in self._mirror.items():
+            gone = [ip for ip, exp in ips.items() if exp + self.linger <= now]
+            for ip in gone:
+                del ips[ip]
+                self._unwhere(name, ip)
+
+    def wanted(self, now: float, name: str, ip: IPAddress) -> float | None:
+        """The expiry set ``name`` should give ``ip`` now (None: it should not hold it)."""
+        target = self._sets.get(name)
+        if target is None or ip.version != target.family:
+            return None
+        if not target.allow_private and is_restricted(ip):
+            return None
+        best: float | None = None
+        for key in self.view.holders(ip):
+            if any(t.name == name for t in self.sets_for(key)):
+                exp = self.view.expiry(key, ip)
+                if exp is not None and exp > now and (best is None or exp > best):
+                    best = exp
+        return best
+
+    def plan(self, now: float, change: Change[K] | None = None) -> Plan[K]:
+        """Mark ``change``'s pairs dirty and plan every dirty pair (see the module text)."""
+        filtered: list[Filtered[K]] = []
+        if change is not None:
+            for key, kc in change.keys.items():
+                self._mark_key(key, itertools.chain(kc.updated, kc.removed))
+                for t in self.sets_for(key):
+                    if t.name in self._sets and not t.allow_private:
+                        filtered += [
+                            Filtered(key, ip, t.name)
+                            for ip in kc.updated
+                            if ip.version == t.family and is_restricted(ip)
+                        ]
+        adds: dict[str, list[Element]] = {}
+        refreshes: dict[str, list[Element]] = {}
+        deletes: dict[str, list[Element]] = {}
+        result: dict[tuple[str, IPAddress], float | None] = {}
+        for (name, ip), _tick in sorted(self._dirty.items(), key=_pair_order):
+            want = self.wanted(now, name, ip)
+            have = self._mirror.get(name, {}).get(ip)
+            if want is None:
+                if have is not None and have > now + self.slack:
+                    deletes.setdefault(name, []).append(Element(_key(ip)))
+                    result[(name, ip)] = None
+                continue
+            if have is not None and have > now and abs(want - have) <= self.slack:
+                continue
+            element = Element(_key(ip), timeout_ms=timeout_ms(now, want))
+            maybe_present = have is not None or name not in self._known
+            (refreshes if maybe_present else adds).setdefault(name, []).append(element)
+            result[(name, ip)] = want
+        steps: tuple[tuple[_Action, dict[str, list[Element]]], ...] = (
+            ("delete", deletes),
+            ("add", adds),
+            ("refresh", refreshes),
+        )
+        ops = [
+            SetOp(action, "inet", self.table, name, tuple(groups[name]))
+            for action, groups in steps
+            for name in sorted(groups)
+        ]
+        return Plan(tuple(ops), result, tuple(filtered), self.generation, dict(self._dirty))
+
+    def commit(self, plan: Plan[K]) -> None:
+        """Record that ``plan.ops`` were applied: update the mirror, clean its pairs.
+
+        Pairs marked again after the plan was made stay dirty. Raises ValueError for a
+        plan made before another plan was committed or sets were changed.
+        """
+        if plan.generation != self.generation:
+            raise ValueError("stale plan: the mirror changed since it was made")
+        self.generation += 1
+        for (name, ip), exp in plan.result.items():
+            ips = self._mirror.setdefault(name, {})
+            if exp is None:
+                ips.pop(ip, None)
+                self._unwhere(name, ip)
+            else:
+                ips[ip] = exp
+                self._where.setdefault(ip, set()).add(name)
+        for pair, tick in plan._ticks.items():
+            if self._dirty.get(pair) == tick:
+                del self._dirty[pair]
+
+    # ------------------------------------------------------------------ restarts
+    def reconcile(self, now: float, dumped: Mapping[str, Sequence[DumpedElement]]) -> Plan[K]:
+        """Take the sets' real content from a dump and plan what differs from the wanted state.
+
+        For each set in ``dumped`` (its elements as ``Firewall.dump`` returned them
+        at about ``now``) the mirror becomes exactly that content and the set counts as
+        known; then every pair is planned again: missing IPs are added, wrong timeouts
+        rewritten, unwanted elements deleted (including ones that never expire). Adopt
+        still-valid elements into the cache *before* calling this if they should stay.
+        Commit the returned plan once written, as with :meth:`plan`.
+        """
+        self.generation += 1
+        for name, elements in dumped.items():
+            target = self._sets.get(name)
+            if target is None:
+                continue
+            self._drop_set(name)
+            self._known.add(name)
+            ips = self._mirror[name] = {}
+            for e in elements:
+                try:
+                    ip = key_to_ip(e.key)
+                except ValueError:
+                    continue
+                if ip.version != target.family:
+                    continue
+                ips[ip] = math.inf if e.expires_ms is None else now + e.expires_ms / 1000
+                self._where.setdefault(ip, set()).add(name)
+        self.resync()
+        return self.plan(now)
+
+
+def _pair_order(item: tuple[tuple[str, IPAddress], int]) -> tuple[str, int, int]:
+    (name, ip), _ = item
+    return (name, ip.version, int(ip))
+
+
+def adopted_expiry(now: float, element: DumpedElement) -> float | None:
+    """When a dumped element expires on the ``now`` clock (None: it never does)."""
+    if element.expires_ms is None:
+        return None
+    return now + element.expires_ms / 1000
+
+
+__all__ = [
+    "MAX_TIMEOUT_MS",
+    "CacheView",
+    "Filtered",
+    "Plan",
+    "Planner",
+    "SetTarget",
+    "adopted_expiry",
+    "is_restricted",
+    "timeout_ms",
+]
