@@ -1,0 +1,732 @@
+"""The DNS refresh engine: re-resolves each name when its TTL ends and keeps sets current.
+
+One task (the *loop*) owns all state: the schedule (a heap of due times), the
+:class:`~fenced.cache.DnsCache` and the :class:`~fenced.planner.Planner`. Lookups run as
+separate tasks, at most ``max_in_flight`` at once and one per name however many policies
+list it; each hands its :class:`~fenced.resolver.Answer` back to the loop, which updates
+the cache, reschedules the name and, once results stop arriving (``coalesce`` seconds, or
+no lookup left in flight), writes the planned set changes in one ``Firewall.apply``
+transaction. While nothing is due the loop sleeps until the earliest due time or expiry;
+there is no periodic wake-up.
+
+Scheduling after an answer (``jitter`` is a random fraction, up to ``min(1 s, 10 %)`` of
+the interval, from the given ``random.Random``):
+
+* ``ok``: again at ``now + effective ttl + jitter`` (never before the TTL ends);
+* ``nxdomain``/``nodata``: IPs run out on their deadlines; again after ``min_ttl``,
+  doubling up to ``negative_cap`` (60 s), so a name that appears is soon picked up;
+* ``servfail``/``timeout``/``error``: IPs stay until ``deadline + stale``; again after
+  ``retry_initial``, doubling up to ``retry_cap``.
+
+A failed firewall write is logged and counted; its changes stay dirty in the planner and
+are written again after a backoff (``write_retry_initial`` doubling to
+``write_retry_cap``). Nothing escapes the loop: a bug is logged and the loop goes on.
+
+Time comes from an injected :class:`Clock` (``MonotonicClock`` in the daemon,
+``FakeClock`` in tests, which never really sleeps).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import random
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from fenced.cache import CacheEntry, Change, DnsCache
+from fenced.errors import FirewallError
+from fenced.firewall import Firewall
+from fenced.log import Logger, log
+from fenced.model import Config, DaemonConfig, IPAddress
+from fenced.netlink import DumpedElement, key_to_ip
+from fenced.planner import Plan, Planner, SetTarget
+from fenced.resolver import Answer, Resolver
+from fenced.ruleset import Layout
+
+# ------------------------------------------------------------------------------ clocks
+
+
+class Clock(Protocol):
+    """Where the refresher gets time from and how it waits."""
+
+    def now(self) -> float:
+        """Seconds of a monotonic clock."""
+        ...
+
+    async def wait_until(self, deadline: float | None, wake: asyncio.Event) -> None:
+        """Return once ``now() >= deadline`` (never, for None) or ``wake`` is set."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` on this clock."""
+        ...
+
+
+class MonotonicClock:
+    """The real clock: ``time.monotonic`` and asyncio timers."""
+
+    def now(self) -> float:
+        """See ``Clock.now``."""
+        return time.monotonic()
+
+    async def wait_until(self, deadline: float | None, wake: asyncio.Event) -> None:
+        """See ``Clock.wait_until``."""
+        if wake.is_set():
+            return
+        timeout = None if deadline is None else max(0.0, deadline - self.now())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), timeout)
+
+    async def sleep(self, seconds: float) -> None:
+        """See ``Clock.sleep``."""
+        await asyncio.sleep(seconds)
+
+
+class FakeClock:
+    """A clock for tests that moves only when told to, and never really sleeps.
+
+    ``await advance(dt)`` moves time forward through every pending wake-up in order,
+    letting the event loop run the woken tasks at each step (``settle``), so tasks see
+    the times they asked for.
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self._now = start
+        self._timers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    def now(self) -> float:
+        """See ``Clock.now``."""
+        return self._now
+
+    def _timer(self, deadline: float) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._timers, (deadline, next(self._seq), fut))
+        return fut
+
+    async def wait_until(self, deadline: float | None, wake: asyncio.Event) -> None:
+        """See ``Clock.wait_until``."""
+        if wake.is_set() or (deadline is not None and deadline <= self._now):
+            return
+        waiter = asyncio.ensure_future(wake.wait())
+        pending: set[asyncio.Future[object]] = {waiter}  # type: ignore[arg-type]
+        timer = self._timer(deadline) if deadline is not None else None
+        if timer is not None:
+            pending.add(timer)  # type: ignore[arg-type]
+        try:
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            if timer is not None and not timer.done():
+                timer.cancel()
+
+    async def sleep(self, seconds: float) -> None:
+        """See ``Clock.sleep``."""
+        if seconds > 0:
+            await self._timer(self._now + seconds)
+
+    def pending(self) -> list[float]:
+        """Deadlines of the wake-ups tasks are waiting for, earliest first."""
+        return sorted(when for when, _, fut in self._timers if not fut.done())
+
+    @staticmethod
+    async def settle(rounds: int = 100) -> None:
+        """Let ready tasks run (yield to the event loop ``rounds`` times)."""
+        for _ in range(rounds):
+            await asyncio.sleep(0)
+
+    async def advance(self, seconds: float) -> None:
+        """Move time forward by ``seconds``, waking sleepers in order on the way."""
+        target = self._now + seconds
+        await self.settle()
+        while True:
+            while self._timers and self._timers[0][2].done():
+                heapq.heappop(self._timers)
+            if not self._timers or self._timers[0][0] > target:
+                break
+            self._now = max(self._now, self._timers[0][0])
+            while self._timers and self._timers[0][0] <= self._now:
+                fut = heapq.heappop(self._timers)[2]
+                if not fut.done():
+                    fut.set_result(None)
+            await self.settle()
+        self._now = max(self._now, target)
+        await self.settle()
+
+
+# ------------------------------------------------------------------------------ stats
+
+
+class Stats:
+    """Counters of the refresh engine; subclass (or read) to export metrics.
+
+    ``dns``: lookups by answer status; ``writes``: set transactions by result (``ok``,
+    ``error``); ``elements``: elements written; ``capped``: answers that exceeded
+    ``max_ips_per_name``; ``filtered``: restricted addresses kept out of a set;
+    ``lag_*``: how late lookups started after they were due (seconds).
+    """
+
+    def __init__(self) -> None:
+        self.dns: Counter[str] = Counter()
+        self.writes: Counter[str] = Counter()
+        self.elements = 0
+        self.capped = 0
+        self.filtered = 0
+        self.lag_count = 0
+        self.lag_sum = 0.0
+        self.lag_max = 0.0
+
+    def dns_result(self, name: str, status: str) -> None:
+        """A lookup of ``name`` ended with ``status``."""
+        self.dns[status] += 1
+
+    def write_result(self, result: Literal["ok", "error"], elements: int) -> None:
+        """A set transaction of ``elements`` elements succeeded or failed."""
+        self.writes[result] += 1
+        if result == "ok":
+            self.elements += elements
+
+    def refresh_lag(self, seconds: float) -> None:
+        """A lookup started ``seconds`` after it was due."""
+        self.lag_count += 1
+        self.lag_sum += seconds
+        self.lag_max = max(self.lag_max, seconds)
+
+    def capped_name(self, name: str, dropped: int) -> None:
+        """An answer for ``name`` had more addresses than allowed; ``dropped`` were dropped."""
+        self.capped += 1
+
+    def filtered_address(self, name: str, ip: IPAddress, set_name: str) -> None:
+        """A restricted address of ``name`` was kept out of ``set_name``."""
+        self.filtered += 1
+
+
+# ------------------------------------------------------------------------------ keys
+
+
+@dataclass(frozen=True)
+class Adopted:
+    """Source key of elements found in set ``set`` at start-up and taken over.
+
+    They stay in that set (and only there) until their remaining lifetime ends, unless a
+    name's answer keeps them longer. Which name they came from is unknown, so when a
+    lookup of any name of the set fails they are kept until ``stale`` past their
+    deadline (``expiry - grace``), as that name's own addresses would be.
+    """
+
+    set: str
+
+
+SourceKey = str | Adopted
+
+
+def targets_for(config: Config, lay: Layout) -> dict[str, tuple[SetTarget, ...]]:
+    """For each domain of ``config``, the sets its addresses go in (all policies)."""
+    allow = {p.name: p.allow_private for p in config.policies}
+    domains = sorted({d for ds in lay.domain_sets for d in ds.domains})
+    return {
+        d: tuple(
+            SetTarget(ds.name, ds.family, allow.get(ds.policy, False)) for ds in lay.sets_for(d)
+        )
+        for d in domains
+    }
+
+
+@dataclass
+class _Name:
+    """The refresher's state of one configured name."""
+
+    name: str
+    due: float | None = None
+    in_flight: bool = False
+    fail_backoff: float = 0.0
+    neg_backoff: float = 0.0
+    last_status: str | None = None
+    last_detail: str = ""
+    last_time: float | None = None
+    capped_logged: bool = False
+    filtered_logged: set[tuple[IPAddress, str]] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class NameStatus:
+    """What the refresher knows about one name (for status pages)."""
+
+    name: str
+    next_due: float | None
+    in_flight: bool
+    last_status: str | None
+    last_detail: str
+    last_time: float | None
+    ips: Mapping[IPAddress, CacheEntry]
+
+
+@dataclass
+class _Request:
+    kind: Literal["start", "configure"]
+    daemon: DaemonConfig
+    targets: dict[str, tuple[SetTarget, ...]]
+    done: asyncio.Future[None]
+
+
+# ------------------------------------------------------------------------------ engine
+
+
+class Refresher:
+    """Keeps the domain sets of fenced's table filled from DNS (see the module text).
+
+    Life cycle: ``await start(daemon, targets)`` once the ruleset is installed;
+    ``await configure(daemon, targets)`` after every reload (once the new ruleset is
+    installed); ``await stop()`` at exit (elements stay in the kernel and time out by
+    themselves). ``targets`` maps each domain to its sets (:func:`targets_for`).
+    ``lock``, when given, is held around every firewall call (the daemon's firewall lock);
+    never await ``start`` or ``configure`` while holding it.
+    """
+
+    def __init__(
+        self,
+        firewall: Firewall,
+        resolver: Resolver,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        stats: Stats | None = None,
+        lock: asyncio.Lock | None = None,
+        logger: Logger = log,
+        max_in_flight: int = 64,
+        coalesce: float = 0.05,
+        retry_initial: float = 1.0,
+        retry_cap: float = 60.0,
+        negative_cap: float = 60.0,
+        write_retry_initial: float = 1.0,
+        write_retry_cap: float = 60.0,
+    ) -> None:
+        self.fw = firewall
+        self.resolver = resolver
+        self.clock: Clock = clock or MonotonicClock()
+        self.rng = rng or random.Random()
+        self.stats = stats or Stats()
+        self.lock = lock or asyncio.Lock()
+        self.log = logger
+        self.max_in_flight = max(1, max_in_flight)
+        self.coalesce = coalesce
+        self.retry_initial = retry_initial
+        self.retry_cap = retry_cap
+        self.negative_cap = negative_cap
+        self.write_retry_initial = write_retry_initial
+        self.write_retry_cap = write_retry_cap
+
+        self.daemon = DaemonConfig()
+        self.table = self.daemon.table
+        self.cache: DnsCache[SourceKey] = self._new_cache(self.daemon)
+        self.planner: Planner[SourceKey] = Planner(self.table, self.cache, self._sets_for)
+        self._targets: dict[str, tuple[SetTarget, ...]] = {}
+        self._set_index: dict[str, SetTarget] = {}
+        self._names: dict[str, _Name] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = itertools.count()
+        self._lookups: set[asyncio.Task[None]] = set()
+        self._results: list[tuple[_Name, Answer]] = []
+        self._requests: list[_Request] = []
+        self._pending: Change[SourceKey] = Change()
+        self._pending_since: float | None = None
+        self._write_backoff = 0.0
+        self._write_retry_at: float | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ public
+    async def start(self, daemon: DaemonConfig, targets: Mapping[str, Sequence[SetTarget]]) -> None:
+        """Start the loop: adopt still-valid elements of the sets, reconcile, resolve all.
+
+        Returns once the first reconciliation was written (or failed and was queued for
+        retry); the names are being resolved by then.
+        """
+        if self._task is not None:
+            raise RuntimeError("refresher already started")
+        self._task = asyncio.create_task(self._run(), name="fenced-refresher")
+        await self._submit("start", daemon, targets)
+
+    async def configure(
+        self, daemon: DaemonConfig, targets: Mapping[str, Sequence[SetTarget]]
+    ) -> None:
+        """Apply a reload, reconciling the sets with a dump of them.
+
+        New names are resolved at once, removed ones forgotten and their addresses
+        deleted, kept ones untouched (no gap).
+
+        Returns once that was written (or failed and was queued for retry).
+        """
+        if self._task is None:
+            raise RuntimeError("refresher not started")
+        await self._submit("configure", daemon, targets)
+
+    async def stop(self) -> None:
+        """Stop the loop and every lookup. Elements stay in the kernel with their timeouts."""
+        tasks = [t for t in (self._task, *self._lookups) if t is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._task = None
+        for req in self._requests:
+            if not req.done.done():
+                req.done.cancel()
+        self._requests.clear()
+
+    def status(self) -> dict[str, NameStatus]:
+        """The state of every configured name, by name."""
+        return {
+            n.name: NameStatus(
+                n.name,
+                n.due,
+                n.in_flight,
+                n.last_status,
+                n.last_detail,
+                n.last_time,
+                self.cache.entries(n.name),
+            )
+            for n in sorted(self._names.values(), key=lambda n: n.name)
+        }
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The configured names, sorted."""
+        return tuple(sorted(self._names))
+
+    # ------------------------------------------------------------------ plumbing
+    def _new_cache(self, d: DaemonConfig) -> DnsCache[SourceKey]:
+        return DnsCache(
+            min_ttl=d.min_ttl,
+            max_ttl=d.max_ttl,
+            grace=d.grace,
+            stale=d.stale,
+            max_ips=d.max_ips_per_name,
+        )
+
+    def _sets_for(self, key: SourceKey) -> Sequence[SetTarget]:
+        if isinstance(key, Adopted):
+            target = self._set_index.get(key.set)
+            return (target,) if target is not None else ()
+        return self._targets.get(key, ())
+
+    async def _submit(
+        self,
+        kind: Literal["start", "configure"],
+        daemon: DaemonConfig,
+        targets: Mapping[str, Sequence[SetTarget]],
+    ) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._requests.append(
+            _Request(kind, daemon, {k: tuple(v) for k, v in targets.items()}, done)
+        )
+        self._wake.set()
+        await done
+
+    def _jitter(self, interval: float) -> float:
+        return self.rng.uniform(0.0, min(1.0, 0.1 * interval))
+
+    def _schedule(self, state: _Name, due: float) -> None:
+        state.due = due
+        heapq.heappush(self._heap, (due, next(self._seq), state.name))
+
+    def _note_change(self, now: float, change: Change[SourceKey]) -> None:
+        if change.keys:
+            self._pending.merge(change)
+            if self._pending_since is None:
+                self._pending_since = now
+
+    # ------------------------------------------------------------------ loop
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._step()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug: log it, wait a little, go on
+                self.log.error("refresher_error", error=f"{type(exc).__name__}: {exc}")
+                self._wake.clear()
+                await self.clock.wait_until(self.clock.now() + 1.0, self._wake)
+
+    async def _step(self) -> None:
+        self._wake.clear()
+        now = self.clock.now()
+        if self._requests:
+            req = self._requests.pop(0)
+            try:
+                await self._handle(req, now)
+            finally:
+                if not req.done.done():
+                    req.done.set_result(None)
+            self._wake.set()  # look at the rest in the next step
+            return
+        self._absorb(now)
+        self._launch(now)
+        self._note_change(now, self.cache.expire(now))
+        self.planner.expire(now)
+        if self._write_due(now):
+            await self._write(now)
+        await self.clock.wait_until(self._next_wake(), self._wake)
+
+    def _write_due(self, now: float) -> bool:
+        if not self._pending.keys and not self.planner.dirty:
+            return False
+        if self._write_retry_at is not None and now < self._write_retry_at:
+            return False
+        since = self._pending_since
+        return not self._lookups or since is None or now >= since + self.coalesce
+
+    def _next_wake(self) -> float | None:
+        times: list[float] = []
+        while self._heap and self._names.get(self._heap[0][2]) is None:
+            heapq.heappop(self._heap)
+        if self._heap and len(self._lookups) < self.max_in_flight:
+            times.append(self._heap[0][0])
+        exp = self.cache.next_expiry()
+        if exp is not None:
+            times.append(exp)
+        if self._pending.keys or self.planner.dirty:
+            if self._write_retry_at is not None:
+                times.append(self._write_retry_at)
+            elif self._pending_since is not None:
+                times.append(self._pending_since + self.coalesce)
+        return min(times) if times else None
+
+    # ------------------------------------------------------------------ lookups
+    def _launch(self, now: float) -> None:
+        while self._heap and len(self._lookups) < self.max_in_flight:
+            due, _, name = self._heap[0]
+            if due > now:
+                break
+            heapq.heappop(self._heap)
+            state = self._names.get(name)
+            if state is None or state.due != due or state.in_flight:
+                continue  # stale row
+            state.due = None
+            state.in_flight = True
+            self.stats.refresh_lag(max(0.0, now - due))
+            task = asyncio.create_task(self._lookup(state), name=f"fenced-dns-{name}")
+            self._lookups.add(task)
+            task.add_done_callback(self._lookups.discard)
+
+    async def _lookup(self, state: _Name) -> None:
+        try:
+            answer = await self.resolver.resolve(state.name)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a Resolver must not raise; never let it stop us
+            answer = Answer("error", detail=f"resolver raised {type(exc).__name__}: {exc}")
+        self._results.append((state, answer))
+        self._wake.set()
+
+    def _absorb(self, now: float) -> None:
+        results, self._results = self._results, []
+        for state, answer in results:
+            state.in_flight = False
+            if self._names.get(state.name) is not state:
+                continue  # the name was removed (or re-added) while it was looked up
+            self.stats.dns_result(state.name, answer.status)
+            self._note_change(now, self._apply_answer(now, state, answer))
+
+    def _apply_answer(self, now: float, state: _Name, answer: Answer) -> Change[SourceKey]:
+        name, cache = state.name, self.cache
+        previous = state.last_status
+        state.last_status, state.last_detail, state.last_time = answer.status, answer.detail, now
+        if answer.status == "ok":
+            ttl = cache.effective_ttl(answer.ttl if answer.ttl is not None else 0)
+            change = cache.update(now, name, answer.ips, ttl)
+            state.fail_backoff = state.neg_backoff = 0.0
+            interval = ttl
+            event, level = "dns_resolved", "debug" if previous == "ok" else "info"
+        elif answer.status in ("nxdomain", "nodata"):
+            change = cache.update(now, name, (), cache.min_ttl)
+            state.fail_backoff = 0.0
+            floor = max(cache.min_ttl, 1.0)
+            state.neg_backoff = min(
+                max(self.negative_cap, floor), max(floor, state.neg_backoff * 2)
+            )
+            interval = state.neg_backoff
+            event, level = "dns_negative", "debug" if previous == answer.status else "warning"
+        else:
+            if answer.ips:
+                ttl = cache.effective_ttl(answer.ttl if answer.ttl is not None else 0)
+                change = cache.update(now, name, answer.ips, ttl, partial=True)
+            else:
+                change = cache.fail(now, name)
+            # Addresses adopted at start-up may be this name's: keep them stale as well.
+            for target in self._targets.get(name, ()):
+                change.merge(cache.fail(now, Adopted(target.name)))
+            state.fail_backoff = min(
+                self.retry_cap, max(self.retry_initial, state.fail_backoff * 2)
+            )
+            interval = state.fail_backoff
+            event, level = "dns_failed", "debug" if previous == answer.status else "warning"
+        jitter = self._jitter(interval)
+        self._schedule(state, now + interval + jitter)
+        self.log.log(
+            level,
+            event,
+            domain=name,
+            status=answer.status,
+            ips=[str(ip) for ip in answer.ips] or None,
+            ttl=answer.ttl,
+            cnames=list(answer.cnames) or None,
+            detail=answer.detail or None,
+            next_in=round(interval + jitter, 3),
+        )
+        kc = change.keys.get(name)
+        if kc is not None and kc.capped:
+            self.stats.capped_name(name, kc.capped)
+            if not state.capped_logged:
+                state.capped_logged = True
+                self.log.warning(
+                    "dns_too_many_ips",
+                    domain=name,
+                    limit=cache.max_ips,
+                    dropped=kc.capped,
+                    note="keeping the newest; logged once per name",
+                )
+        return change
+
+    # ------------------------------------------------------------------ writing
+    async def _write(self, now: float, plan: Plan[SourceKey] | None = None) -> bool:
+        """Plan (unless given) and apply; commit on success, back off on failure."""
+        change, self._pending, self._pending_since = self._pending, Change(), None
+        if plan is None:
+            plan = self.planner.plan(now, change)
+        self._report_filtered(plan)
+        if plan.ops:
+            try:
+                async with self.lock:
+                    await self.fw.apply(plan.ops)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.stats.write_result("error", plan.elements)
+                self._write_backoff = min(
+                    self.write_retry_cap, max(self.write_retry_initial, self._write_backoff * 2)
+                )
+                self._write_retry_at = self.clock.now() + self._write_backoff
+                detail = (
+                    str(exc) if isinstance(exc, FirewallError) else f"{type(exc).__name__}: {exc}"
+                )
+                self.log.error(
+                    "set_write_failed",
+                    error=detail,
+                    elements=plan.elements,
+                    ops=len(plan.ops),
+                    retry_in=self._write_backoff,
+                )
+                return False
+            self.stats.write_result("ok", plan.elements)
+            self.log.debug("sets_written", elements=plan.elements, ops=len(plan.ops))
+        self.planner.commit(plan)
+        self._write_backoff = 0.0
+        self._write_retry_at = None
+        return True
+
+    def _report_filtered(self, plan: Plan[SourceKey]) -> None:
+        for f in plan.filtered:
+            if not isinstance(f.key, str):
+                continue
+            state = self._names.get(f.key)
+            if state is None or (f.ip, f.set) in state.filtered_logged:
+                continue
+            state.filtered_logged.add((f.ip, f.set))
+            self.stats.filtered_address(f.key, f.ip, f.set)
+            self.log.warning(
+                "private_address_dropped",
+                domain=f.key,
+                ip=str(f.ip),
+                set=f.set,
+                note="the policy has allow_private = false",
+            )
+
+    # ------------------------------------------------------------------ (re)configuring
+    async def _handle(self, req: _Request, now: float) -> None:
+        daemon, cache = req.daemon, self.cache
+        fresh_table = req.kind == "start" or daemon.table != self.table
+        cache.min_ttl, cache.max_ttl = daemon.min_ttl, daemon.max_ttl
+        cache.grace, cache.stale = daemon.grace, max(daemon.stale, daemon.grace)
+        cache.max_ips = daemon.max_ips_per_name
+        self.daemon, self.table = daemon, daemon.table
+        old = set(self._names)
+        self._targets = dict(req.targets)
+        self._set_index = {t.name: t for ts in self._targets.values() for t in ts}
+        removed = sorted(old - set(self._targets))
+        added = sorted(set(self._targets) - old)
+        for name in removed:
+            del self._names[name]
+            self._note_change(now, cache.forget(name))
+        for key in list(cache.sources()):
+            if isinstance(key, Adopted) and key.set not in self._set_index:
+                self._note_change(now, cache.forget(key))
+        if fresh_table:
+            self.planner = Planner(self.table, self.cache, self._sets_for)
+        self.planner.set_sets(self._set_index.values())
+        dumped = await self._dump_all()
+        now = self.clock.now()  # dumps take time; timeouts count from when they are written
+        if req.kind == "start":
+            self._adopt(now, dumped)
+        for name in added:
+            self._names[name] = _Name(name)
+        for name in added if req.kind == "configure" else sorted(self._names):
+            state = self._names[name]
+            state.in_flight = False  # after stop() + start(): its lookup was cancelled
+            self._schedule(state, now)
+        plan = self.planner.reconcile(now, dumped)
+        self._pending, self._pending_since = Change(), None  # reconcile planned everything
+        self._write_retry_at = None
+        await self._write(now, plan)
+        self.log.info(
+            "dns_names_configured",
+            table=self.table,
+            names=len(self._names),
+            added=len(added),
+            removed=len(removed),
+            sets=len(self._set_index),
+            adopted=sum(len(v) for v in dumped.values()) if req.kind == "start" else None,
+        )
+
+    async def _dump_all(self) -> dict[str, list[DumpedElement]]:
+        dumped: dict[str, list[DumpedElement]] = {}
+        for name in sorted(self._set_index):
+            try:
+                async with self.lock:
+                    dumped[name] = await self.fw.dump(self.table, name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.log.warning("set_dump_failed", set=name, error=str(exc))
+        return dumped
+
+    def _adopt(self, now: float, dumped: Mapping[str, Sequence[DumpedElement]]) -> None:
+        for set_name, elements in dumped.items():
+            for e in elements:
+                if e.expires_ms is None or e.expires_ms <= 0:
+                    continue  # permanent elements are not fenced's: reconcile deletes them
+                try:
+                    ip = key_to_ip(e.key)
+                except ValueError:
+                    continue
+                self.cache.adopt(now, Adopted(set_name), ip, now + e.expires_ms / 1000)
+
+
+__all__ = [
+    "Adopted",
+    "Clock",
+    "FakeClock",
+    "MonotonicClock",
+    "NameStatus",
+    "Refresher",
+    "SourceKey",
+    "Stats",
+    "targets_for",
+]

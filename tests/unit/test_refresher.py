@@ -1,0 +1,508 @@
+"""Unit tests of the DNS refresh engine (fenced.refresher) on a fake clock.
+
+``KernelSim`` is ``FakeFirewall`` plus what the kernel does with time: elements time out
+(and then count as missing, so deleting one fails the batch), ``add`` of an existing
+element keeps its old expiry (kernels before 6.12), ``refresh`` resets it, and dumps
+report the time left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import ipaddress
+import itertools
+import math
+import random
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from fenced.errors import FirewallError
+from fenced.firewall import FakeFirewall
+from fenced.log import Logger
+from fenced.model import Config, DaemonConfig, IPAddress, Policy, PortSpec, Target
+from fenced.netlink import DumpedElement, Element, SetOp, ipv4_key, key_to_ip
+from fenced.planner import SetTarget
+from fenced.refresher import FakeClock, Refresher, targets_for
+from fenced.resolver import Answer, FakeResolver
+from fenced.ruleset import layout
+
+TABLE = "fenced"
+A = ipaddress.ip_address("192.0.2.1")
+B = ipaddress.ip_address("192.0.2.2")
+C = ipaddress.IPv4Address("198.51.100.3")
+V6 = ipaddress.ip_address("2001:db8::1")
+PRIV = ipaddress.ip_address("10.0.0.1")
+
+S4 = SetTarget("s4", 4)
+S6 = SetTarget("s6", 6)
+P4 = SetTarget("p4", 4, allow_private=True)
+DAEMON = DaemonConfig(table=TABLE, min_ttl=5, max_ttl=3600, grace=30, stale=300)
+
+
+def _script(*sets: tuple[str, str]) -> str:
+    body = "".join(f"\tset {n} {{\n\t\ttype {t}\n\t}}\n" for n, t in sets)
+    return f"add table inet {TABLE}\ntable inet {TABLE} {{\n{body}}}\n"
+
+
+SCRIPT = _script(("s4", "ipv4_addr"), ("s6", "ipv6_addr"), ("p4", "ipv4_addr"), ("t4", "ipv4_addr"))
+
+
+class KernelSim(FakeFirewall):
+    """FakeFirewall whose elements time out on ``clock`` like the kernel's."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.expiry: dict[tuple[str, str, bytes], float] = {}
+        self.applied: list[list[SetOp]] = []
+
+    def _purge(self) -> None:
+        now = self.clock.now()
+        for (table, name, key), exp in list(self.expiry.items()):
+            if exp <= now:
+                self.tables[table].sets[name].pop(key, None)
+                del self.expiry[(table, name, key)]
+
+    async def apply(self, ops: Sequence[SetOp]) -> None:
+        """Apply like the kernel: expired elements are gone, add keeps an old expiry."""
+        self._purge()
+        before = dict(self.expiry)
+        await super().apply(ops)
+        now = self.clock.now()
+        for op in ops:
+            for e in op.elements:
+                k = (op.table, op.set, e.key)
+                if op.action == "delete":
+                    self.expiry.pop(k, None)
+                elif e.timeout_ms is not None and (op.action == "refresh" or k not in before):
+                    self.expiry[k] = now + e.timeout_ms / 1000
+        self.applied.append(list(ops))
+
+    async def dump(self, table: str, set_name: str) -> list[DumpedElement]:
+        """Elements with the time they have left."""
+        self._purge()
+        now = self.clock.now()
+        out = []
+        for e in await super().dump(table, set_name):
+            exp = self.expiry.get((table, set_name, e.key))
+            left = None if exp is None else math.ceil((exp - now) * 1000)
+            out.append(DumpedElement(e.key, e.timeout_ms, left))
+        return out
+
+    def live(self, set_name: str) -> dict[IPAddress, float]:
+        """What the set holds now: IP -> when the kernel drops it (inf: never)."""
+        self._purge()
+        return {
+            key_to_ip(k): self.expiry.get((TABLE, set_name, k), math.inf)
+            for k in self.tables[TABLE].sets[set_name]
+        }
+
+    def actions_for(self, ip: IPAddress) -> list[tuple[str, str]]:
+        """Every (action, set) applied to ``ip``'s element, in order."""
+        key = ipv4_key(ip) if ip.version == 4 else ip.packed
+        return [
+            (op.action, op.set)
+            for batch in self.applied
+            for op in batch
+            for e in op.elements
+            if e.key == key
+        ]
+
+
+class TimedResolver(FakeResolver):
+    """FakeResolver that also records when each query was made."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock.sleep)
+        self.clock = clock
+        self.times: dict[str, list[float]] = {}
+
+    async def resolve(self, name: str) -> Answer:
+        """Record the time, then answer as scripted."""
+        self.times.setdefault(name, []).append(self.clock.now())
+        return await super().resolve(name)
+
+
+@dataclass
+class Rig:
+    """A refresher on a fake clock with a simulated kernel and scripted DNS."""
+
+    clock: FakeClock
+    fw: KernelSim
+    dns: TimedResolver
+    ref: Refresher
+    logs: io.StringIO
+    t0: float
+
+    async def at(self, t: float) -> None:
+        """Advance the clock to ``t0 + t``."""
+        await self.clock.advance(self.t0 + t - self.clock.now())
+
+    def events(self, name: str) -> list[str]:
+        """Log lines of event ``name``."""
+        return [line for line in self.logs.getvalue().splitlines() if f"event={name} " in line]
+
+
+@contextlib.asynccontextmanager
+async def running(
+    targets: Mapping[str, Sequence[SetTarget]],
+    answers: Mapping[str, Sequence[Answer | Exception]],
+    *,
+    daemon: DaemonConfig = DAEMON,
+    clock: FakeClock | None = None,
+    fw: KernelSim | None = None,
+    delays: Mapping[str, float] | None = None,
+    **kw: float,
+) -> AsyncIterator[Rig]:
+    """Start a refresher for ``targets`` with scripted ``answers``; stop it afterwards."""
+    clock = clock or FakeClock()
+    if fw is None:
+        fw = KernelSim(clock)
+        await fw.install(SCRIPT)
+    dns = TimedResolver(clock)
+    for name, script in answers.items():
+        dns.script(name, *script)
+    for name, seconds in (delays or {}).items():
+        dns.delay(name, seconds)
+    logs = io.StringIO()
+    ref = Refresher(
+        fw,
+        dns,
+        clock=clock,
+        rng=random.Random(7),
+        logger=Logger(logs, level="debug"),
+        **kw,  # type: ignore[arg-type]
+    )
+    rig = Rig(clock, fw, dns, ref, logs, clock.now())
+    await ref.start(daemon, targets)
+    try:
+        yield rig
+    finally:
+        await ref.stop()
+
+
+def ok(*ips: IPAddress, ttl: int = 60) -> Answer:
+    """A successful answer."""
+    return Answer.ok(ips, ttl)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+async def test_first_resolution_writes_timeouts() -> None:
+    """The first answer puts each IP in its family's set with timeout ttl + grace."""
+    async with running({"a.test": (S4, S6)}, {"a.test": [ok(A, V6)]}) as r:
+        await r.at(0)
+        assert r.fw.live("s4") == {A: r.t0 + 90}
+        assert r.fw.live("s6") == {V6: r.t0 + 90}
+        elements = r.fw.tables[TABLE].sets["s4"]
+        assert [e.timeout_ms for e in elements.values()] == [90_000]
+        assert r.ref.stats.dns["ok"] == 1
+        st = r.ref.status()["a.test"]
+        assert st.last_status == "ok" and set(st.ips) == {A, V6}
+
+
+async def test_reresolves_at_ttl_end_not_before() -> None:
+    """A name is asked again when its TTL ends (plus at most 1 s jitter), not before."""
+    async with running({"a.test": (S4,)}, {"a.test": [ok(A)]}) as r:
+        await r.at(59.99)
+        assert r.dns.queries["a.test"] == 1
+        await r.at(61.0)
+        assert r.dns.queries["a.test"] == 2
+        second = r.dns.times["a.test"][1] - r.t0
+        assert 60 <= second <= 61
+        assert r.fw.live("s4")[A] == r.t0 + second + 90
+        assert r.fw.actions_for(A) == [("add", "s4"), ("refresh", "s4")]
+
+
+async def test_sleeps_until_next_due_time() -> None:
+    """With nothing due the loop has a single wake-up pending: the next due time."""
+    async with running({"a.test": (S4,)}, {"a.test": [ok(A, ttl=3600)]}) as r:
+        await r.at(10)
+        pending = r.clock.pending()
+        assert len(pending) == 1
+        assert r.t0 + 3600 <= pending[0] <= r.t0 + 3601
+
+
+async def test_old_ip_leaves_after_deadline_plus_grace() -> None:
+    """An IP missing from a newer answer stays until its deadline + grace, then leaves."""
+    async with running({"a.test": (S4,)}, {"a.test": [ok(A), ok(B)]}) as r:
+        await r.at(61)
+        assert set(r.fw.live("s4")) == {A, B}
+        await r.at(89.9)
+        assert A in r.fw.live("s4")
+        await r.at(90.1)
+        assert set(r.fw.live("s4")) == {B}
+        assert ("delete", "s4") not in r.fw.actions_for(A)  # the kernel timed it out
+        assert A not in r.ref.status()["a.test"].ips
+
+
+async def test_shared_ip_kept_when_one_name_moves() -> None:
+    """An IP two names share stays while the other name still holds it."""
+    answers = {"a.test": [ok(A), ok(B)], "b.test": [ok(A)]}
+    async with running({"a.test": (S4,), "b.test": (S4,)}, answers) as r:
+        await r.at(0)
+        assert r.dns.queries == {"a.test": 1, "b.test": 1}
+        await r.at(300)
+        assert set(r.fw.live("s4")) == {A, B}
+        assert r.fw.live("s4")[A] > r.clock.now() + 30
+
+
+async def test_nxdomain_runs_ips_out_and_backs_off() -> None:
+    """NXDOMAIN lets IPs expire at deadline + grace; retries min_ttl doubling up to 60 s."""
+    answers = {"a.test": [ok(A), Answer.fail("nxdomain")]}
+    async with running({"a.test": (S4,)}, answers) as r:
+        await r.at(89)
+        assert A in r.fw.live("s4")
+        await r.at(91)
+        assert r.fw.live("s4") == {}
+        await r.at(400)
+        times = r.dns.times["a.test"]
+        gaps = [b - a for a, b in itertools.pairwise(times[1:])]
+        assert [math.floor(g) for g in gaps[:5]] == [5, 10, 20, 40, 60]
+        assert all(60 <= g <= 61 for g in gaps[4:])
+        assert r.ref.stats.dns["nxdomain"] == len(times) - 1
+        # The name appears: picked up within a minute.
+        r.dns.script("a.test", ok(B))
+        await r.at(461)
+        assert B in r.fw.live("s4")
+
+
+async def test_nodata_counts_separately() -> None:
+    """NODATA behaves as NXDOMAIN and is counted as nodata."""
+    async with running({"a.test": (S4,)}, {"a.test": [Answer.fail("nodata")]}) as r:
+        await r.at(6)
+        assert r.ref.stats.dns["nodata"] == 2
+        assert r.fw.live("s4") == {}
+
+
+async def test_servfail_keeps_ips_until_stale_then_removes() -> None:
+    """On SERVFAIL known IPs stay until deadline + stale, retries back off to 60 s."""
+    answers = {"a.test": [ok(A), Answer.fail("servfail", "SERVFAIL")]}
+    async with running({"a.test": (S4,)}, answers) as r:
+        await r.at(359)
+        assert A in r.fw.live("s4")
+        await r.at(361)
+        assert r.fw.live("s4") == {}
+        times = r.dns.times["a.test"]
+        gaps = [math.floor(b - a) for a, b in itertools.pairwise(times[1:])]
+        assert gaps[:6] == [1, 2, 4, 8, 16, 32]
+        assert max(gaps) == 60
+        assert r.ref.stats.dns["servfail"] == len(times) - 1
+        assert len(r.events("dns_failed")) >= 2
+        assert "level=warning" in r.events("dns_failed")[0]
+
+
+async def test_timeout_is_a_failure_too() -> None:
+    """A timeout keeps IPs stale like SERVFAIL and is counted as timeout."""
+    answers = {"a.test": [ok(A), Answer.fail("timeout", "timed out")]}
+    async with running({"a.test": (S4,)}, answers) as r:
+        await r.at(200)
+        assert abs(r.fw.live("s4")[A] - (r.t0 + 360)) < 0.01
+        assert r.ref.stats.dns["timeout"] >= 1
+
+
+async def test_recovery_removes_stale_ips() -> None:
+    """After a failure, an answer without an old IP removes it once its grace passed."""
+    answers = {"a.test": [ok(A), Answer.fail("servfail")]}
+    async with running({"a.test": (S4,)}, answers) as r:
+        await r.at(150)
+        assert A in r.fw.live("s4")
+        r.dns.script("a.test", ok(B))
+        await r.at(215)
+        assert set(r.fw.live("s4")) == {B}
+        assert ("delete", "s4") in r.fw.actions_for(A)
+
+
+async def test_partial_answer_adds_and_retries_soon() -> None:
+    """A partial answer (AAAA failed) adds the A part and is retried as a failure."""
+    partial = Answer.fail("servfail", "AAAA SERVFAIL", ips=[A], ttl=60)
+    async with running({"a.test": (S4, S6)}, {"a.test": [ok(A, V6), partial]}) as r:
+        await r.at(62)
+        assert A in r.fw.live("s4") and V6 in r.fw.live("s6")
+        assert abs(r.fw.live("s6")[V6] - (r.t0 + 360)) < 0.01  # the failed family: stale
+        assert r.dns.queries["a.test"] >= 3
+
+
+async def test_private_addresses_filtered_per_policy() -> None:
+    """A private address goes only into sets of policies with allow_private, logged once."""
+    answers = {"a.test": [ok(A, PRIV)]}
+    async with running({"a.test": (S4, P4)}, answers) as r:
+        await r.at(200)
+        assert set(r.fw.live("s4")) == {A}
+        assert set(r.fw.live("p4")) == {A, PRIV}
+        assert r.ref.stats.filtered == 1
+        assert len(r.events("private_address_dropped")) == 1
+
+
+async def test_max_ips_cap() -> None:
+    """More addresses than max_ips_per_name: the newest stay, counted, logged once."""
+    daemon = DaemonConfig(table=TABLE, max_ips_per_name=2)
+    many = ok(A, B, C, ipaddress.ip_address("203.0.113.4"))
+    async with running({"a.test": (S4,)}, {"a.test": [many]}, daemon=daemon) as r:
+        await r.at(130)
+        assert set(r.fw.live("s4")) == {A, B}
+        assert r.ref.stats.capped >= 2
+        assert len(r.events("dns_too_many_ips")) == 1
+
+
+async def test_one_query_for_two_policies() -> None:
+    """A name listed by two policies is asked once and written to both policies' sets."""
+    async with running({"a.test": (S4, P4)}, {"a.test": [ok(A)]}) as r:
+        await r.at(0)
+        assert r.dns.queries["a.test"] == 1
+        assert set(r.fw.live("s4")) == {A} and set(r.fw.live("p4")) == {A}
+
+
+async def test_firewall_failure_is_retried() -> None:
+    """A failed write is logged, counted and retried later; nothing is lost."""
+    async with running({"a.test": (S4,)}, {"a.test": [ok(A)]}) as r:
+        r.fw.fail_next = FirewallError("add elements to s4", "Cannot allocate memory", 12)
+        await r.at(0)
+        assert r.fw.live("s4") == {}
+        assert r.ref.stats.writes["error"] == 1
+        assert len(r.events("set_write_failed")) == 1
+        await r.at(1)
+        assert r.fw.live("s4") == {A: r.t0 + 90}
+        assert r.ref.stats.writes["ok"] == 1
+
+
+async def test_resolver_exception_does_not_stop_engine() -> None:
+    """A resolver that raises counts as an error and the engine goes on."""
+    answers: dict[str, list[Answer | Exception]] = {"a.test": [RuntimeError("boom"), ok(A)]}
+    async with running({"a.test": (S4,)}, answers) as r:
+        await r.at(2)
+        assert r.ref.stats.dns["error"] == 1
+        assert set(r.fw.live("s4")) == {A}
+
+
+async def test_reload_adds_resolves_at_once_and_removes() -> None:
+    """On reload new names are resolved at once, kept ones untouched, removed ones deleted."""
+    answers = {"a.test": [ok(A)], "b.test": [ok(B)]}
+    async with running({"a.test": (S4,)}, answers) as r:
+        await r.at(10)
+        writes_before = len(r.fw.applied)
+        await r.ref.configure(DAEMON, {"a.test": (S4,), "b.test": (S4,)})
+        await r.at(10)
+        assert r.dns.queries == {"a.test": 1, "b.test": 1}
+        assert set(r.fw.live("s4")) == {A, B}
+        assert r.fw.actions_for(A) == [("add", "s4")]  # no gap, no rewrite
+        assert len(r.fw.applied) == writes_before + 1
+        await r.ref.configure(DAEMON, {"b.test": (S4,)})
+        assert set(r.fw.live("s4")) == {B}
+        assert ("delete", "s4") in r.fw.actions_for(A)
+        assert r.ref.names == ("b.test",)
+
+
+async def test_reload_moves_name_between_sets() -> None:
+    """A name moved to another set on reload leaves the old set and enters the new one."""
+    answers = {"a.test": [ok(A)], "c.test": [ok(C)]}
+    async with running({"a.test": (S4,), "c.test": (S4,)}, answers) as r:
+        await r.at(0)
+        t4 = SetTarget("t4", 4)
+        await r.ref.configure(DAEMON, {"a.test": (t4,), "c.test": (S4,)})
+        assert set(r.fw.live("s4")) == {C}
+        assert set(r.fw.live("t4")) == {A}
+        assert r.dns.queries == {"a.test": 1, "c.test": 1}
+
+
+async def _restarted() -> tuple[FakeClock, KernelSim]:
+    """A kernel left by a refresher that wrote A and B for a.test 20 s ago, plus C by hand."""
+    clock = FakeClock()
+    fw = KernelSim(clock)
+    await fw.install(SCRIPT)
+    async with running({"a.test": (S4,)}, {"a.test": [ok(A, B)]}, clock=clock, fw=fw) as r:
+        await r.at(0)
+    await fw.apply([SetOp("add", "inet", TABLE, "s4", (Element(ipv4_key(C)),))])  # no timeout
+    await clock.advance(20)
+    return clock, fw
+
+
+async def test_restart_adopts_valid_elements() -> None:
+    """After a restart still-valid elements keep their remaining lifetime; foreign ones go."""
+    clock, fw = await _restarted()
+    async with running({"a.test": (S4,)}, {"a.test": [ok(B)]}, clock=clock, fw=fw) as r:
+        await r.at(0)
+        live = r.fw.live("s4")
+        assert set(live) == {A, B}  # C never expires, so it was not fenced's: deleted
+        assert abs(live[A] - (r.t0 + 70)) < 0.01  # remaining lifetime kept
+        assert abs(live[B] - (r.t0 + 90)) < 0.01  # refreshed by the new answer
+        assert ("refresh", "s4") not in r.fw.actions_for(A)
+        await r.at(71)
+        assert set(r.fw.live("s4")) == {B}
+
+
+async def test_restart_while_dns_fails_keeps_adopted_stale() -> None:
+    """After a restart during a DNS outage adopted elements stay until deadline + stale."""
+    clock, fw = await _restarted()
+    failing = {"a.test": [Answer.fail("servfail")]}
+    async with running({"a.test": (S4,)}, failing, clock=clock, fw=fw) as r:
+        await r.at(0)
+        live = r.fw.live("s4")
+        assert set(live) == {A, B}
+        assert abs(live[A] - (r.t0 + 40 + 300)) < 0.01  # adopted deadline 40 s + stale
+        await r.at(341)
+        assert r.fw.live("s4") == {}
+
+
+async def test_queries_in_flight_are_bounded() -> None:
+    """No more than max_in_flight lookups run at once; all names get resolved."""
+    names = [f"n{i}.test" for i in range(10)]
+    async with running(
+        {n: (S4,) for n in names},
+        {n: [ok(ipaddress.ip_address(f"192.0.2.{i + 10}"))] for i, n in enumerate(names)},
+        max_in_flight=3,
+        delays=dict.fromkeys(names, 0.5),
+    ) as r:
+        await r.at(5)
+        assert r.dns.max_in_flight <= 3
+        assert len(r.fw.live("s4")) == 10
+        assert r.ref.stats.lag_max > 0  # some had to wait for a free slot
+
+
+async def test_results_close_together_share_one_transaction() -> None:
+    """Answers that arrive within the coalescing window are written in one transaction."""
+    answers = {"a.test": [ok(A)], "b.test": [ok(B)]}
+    delays = {"a.test": 0.01, "b.test": 0.03}
+    async with running({"a.test": (S4,), "b.test": (S4,)}, answers, delays=delays) as r:
+        await r.at(1)
+        assert len(r.fw.applied) == 1
+        assert set(r.fw.live("s4")) == {A, B}
+
+
+async def test_slow_name_does_not_delay_others() -> None:
+    """A name whose lookup hangs until it times out does not hold back other names' writes."""
+    answers = {"slow.test": [Answer.fail("timeout")], "b.test": [ok(B, ttl=5)]}
+    delays = {"slow.test": 4.0}
+    async with running({"slow.test": (S4,), "b.test": (S4,)}, answers, delays=delays) as r:
+        await r.at(0.1)
+        assert set(r.fw.live("s4")) == {B}
+        await r.at(12)
+        assert r.dns.queries["b.test"] >= 3  # refreshed on its own TTL meanwhile
+        assert r.ref.status()["slow.test"].last_status == "timeout"
+
+
+async def test_targets_from_layout() -> None:
+    """targets_for maps each domain to the sets of every policy listing it."""
+    spec = PortSpec(("tcp",))
+    cfg = Config(
+        DaemonConfig(),
+        (
+            Policy("p1", uids=(1,), outbound=(Target("a.test", spec, domain="a.test"),)),
+            Policy(
+                "p2",
+                uids=(2,),
+                outbound=(Target("a.test", spec, domain="a.test"),),
+                allow_private=True,
+            ),
+        ),
+    )
+    targets = targets_for(cfg, layout(cfg))
+    assert list(targets) == ["a.test"]
+    assert sorted((t.family, t.allow_private) for t in targets["a.test"]) == [
+        (4, False),
+        (4, True),
+        (6, False),
+        (6, True),
+    ]
