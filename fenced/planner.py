@@ -402,13 +402,6 @@ def _pair_order(item: tuple[tuple[str, IPAddress], int]) -> tuple[str, int, int]
     return (name, ip.version, int(ip))
 
 
-def adopted_expiry(now: float, element: DumpedElement) -> float | None:
-    """When a dumped element expires on the ``now`` clock (None: it never does)."""
-    if element.expires_ms is None:
-        return None
-    return now + element.expires_ms / 1000
-
-
 __all__ = [
     "MAX_TIMEOUT_MS",
     "CacheView",
@@ -416,7 +409,6 @@ __all__ = [
     "Plan",
     "Planner",
     "SetTarget",
-    "adopted_expiry",
     "is_restricted",
     "timeout_ms",
 ]

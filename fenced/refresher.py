@@ -20,7 +20,9 @@ the interval, from the given ``random.Random``):
 
 A failed firewall write is logged and counted; its changes stay dirty in the planner and
 are written again after a backoff (``write_retry_initial`` doubling to
-``write_retry_cap``). Nothing escapes the loop: a bug is logged and the loop goes on.
+``write_retry_cap``), after dumping the sets again (so a kernel state changed behind
+fenced's back cannot make every retry fail). Nothing escapes the loop: a bug is logged
+and the loop goes on.
 
 Time comes from an injected :class:`Clock` (``MonotonicClock`` in the daemon,
 ``FakeClock`` in tests, which never really sleeps).
@@ -338,6 +340,7 @@ class Refresher:
         self._pending_since: float | None = None
         self._write_backoff = 0.0
         self._write_retry_at: float | None = None
+        self._reconcile_next = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -472,7 +475,10 @@ class Refresher:
         self._note_change(now, self.cache.expire(now))
         self.planner.expire(now)
         if self._write_due(now):
-            await self._write(now)
+            if self._reconcile_next:
+                await self._reconcile_and_write()
+            else:
+                await self._write(now)
         await self.clock.wait_until(self._next_wake(), self._wake)
 
     def _write_due(self, now: float) -> bool:
@@ -614,6 +620,7 @@ class Refresher:
                     self.write_retry_cap, max(self.write_retry_initial, self._write_backoff * 2)
                 )
                 self._write_retry_at = self.clock.now() + self._write_backoff
+                self._reconcile_next = True
                 detail = (
                     str(exc) if isinstance(exc, FirewallError) else f"{type(exc).__name__}: {exc}"
                 )
@@ -631,6 +638,21 @@ class Refresher:
         self._write_backoff = 0.0
         self._write_retry_at = None
         return True
+
+    async def _reconcile_and_write(self) -> bool:
+        """Dump the sets, rebuild the mirror from them, write what differs.
+
+        Used after a failed write: if the kernel's sets changed behind fenced's back (an
+        element deleted by hand, a set flushed), retrying the same batch would fail again.
+        """
+        dumped = await self._dump_all()
+        now = self.clock.now()
+        plan = self.planner.reconcile(now, dumped)
+        self._pending, self._pending_since = Change(), None  # reconcile planned everything
+        ok = await self._write(now, plan)
+        if ok:
+            self._reconcile_next = False
+        return ok
 
     def _report_filtered(self, plan: Plan[SourceKey]) -> None:
         for f in plan.filtered:
@@ -684,7 +706,8 @@ class Refresher:
         plan = self.planner.reconcile(now, dumped)
         self._pending, self._pending_since = Change(), None  # reconcile planned everything
         self._write_retry_at = None
-        await self._write(now, plan)
+        if await self._write(now, plan):
+            self._reconcile_next = False
         self.log.info(
             "dns_names_configured",
             table=self.table,

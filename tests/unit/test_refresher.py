@@ -368,6 +368,20 @@ async def test_firewall_failure_is_retried() -> None:
         assert r.ref.stats.writes["ok"] == 1
 
 
+async def test_write_failure_from_outside_change_heals() -> None:
+    """An element deleted behind fenced's back makes a batch fail once; the retry re-dumps."""
+    answers = {"a.test": [ok(A), Answer.fail("servfail")]}
+    async with running({"a.test": (S4,)}, answers) as r:
+        await r.at(150)
+        r.fw.tables[TABLE].sets["s4"].clear()  # e.g. `nft flush set` by an operator
+        r.dns.script("a.test", ok(B))
+        await r.at(214)
+        assert r.ref.stats.writes["error"] == 1  # "delete A" named a missing element
+        await r.at(216)
+        assert set(r.fw.live("s4")) == {B}
+        assert r.ref.stats.writes["error"] == 1
+
+
 async def test_resolver_exception_does_not_stop_engine() -> None:
     """A resolver that raises counts as an error and the engine goes on."""
     answers: dict[str, list[Answer | Exception]] = {"a.test": [RuntimeError("boom"), ok(A)]}
