@@ -45,11 +45,15 @@ class Firewall(Protocol):
         """Remove ``inet table`` if it exists."""
 
 
-async def _run_nft(args: Sequence[str], stdin: str | None, operation: str) -> str:
+async def _run_nft(
+    args: Sequence[str], stdin: str | None, operation: str, netns_path: str | None = None
+) -> str:
     nft = shutil.which("nft")
     if nft is None:
         raise FirewallError(operation, "the nft program is not installed (apt install nftables)")
+    prefix = ["nsenter", f"--net={netns_path}", "--"] if netns_path else []
     proc = await asyncio.create_subprocess_exec(
+        *prefix,
         nft,
         *args,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
@@ -81,21 +85,29 @@ def parse_terse_listing(text: str) -> Existing:
 
 
 class KernelFirewall:
-    """The real thing, in the network namespace fenced runs in."""
+    """The real thing, in the network namespace fenced runs in.
 
-    def __init__(self) -> None:
+    ``netns_path`` (e.g. ``/run/netns/NAME``) makes it act on another namespace instead;
+    the daemon never sets it (it runs inside the namespace it guards), tests do.
+    """
+
+    def __init__(self, netns_path: str | None = None) -> None:
+        self._netns = netns_path
         self._nl: NftNetlink | None = None
         self._lock = threading.Lock()
 
     def _netlink(self) -> NftNetlink:
         if self._nl is None:
-            self._nl = NftNetlink()
+            self._nl = NftNetlink(self._netns)
         return self._nl
+
+    async def _nft(self, args: Sequence[str], stdin: str | None, operation: str) -> str:
+        return await _run_nft(args, stdin, operation, self._netns)
 
     async def existing(self, table: str) -> Existing | None:
         """See ``Firewall.existing``."""
         try:
-            out = await _run_nft(["-j", "-t", "list", "table", "inet", table], None, "list table")
+            out = await self._nft(["-j", "-t", "list", "table", "inet", table], None, "list table")
         except FirewallError as exc:
             if "No such file or directory" in exc.detail:
                 return None
@@ -104,7 +116,7 @@ class KernelFirewall:
 
     async def install(self, script: str) -> None:
         """See ``Firewall.install``."""
-        await _run_nft(["-f", "-"], script, "install ruleset")
+        await self._nft(["-f", "-"], script, "install ruleset")
 
     def _apply_sync(self, ops: Sequence[SetOp]) -> None:
         with self._lock:
@@ -129,7 +141,7 @@ class KernelFirewall:
 
     async def counters(self, table: str) -> dict[str, int]:
         """See ``Firewall.counters``."""
-        out = await _run_nft(
+        out = await self._nft(
             ["-j", "list", "counters", "table", "inet", table], None, "list counters"
         )
         result: dict[str, int] = {}
@@ -141,7 +153,7 @@ class KernelFirewall:
     async def delete_table(self, table: str) -> None:
         """See ``Firewall.delete_table``."""
         try:
-            await _run_nft(["delete", "table", "inet", table], None, "delete table")
+            await self._nft(["delete", "table", "inet", table], None, "delete table")
         except FirewallError as exc:
             if "No such file or directory" not in exc.detail:
                 raise
