@@ -285,6 +285,21 @@ class DnsCache(Generic[K]):
                 self._set(key, ip, replace(old, expires=expires), kc)
         return self._single(key, kc)
 
+    def hold(self, now: float, key: K, until: float) -> Change[K]:
+        """Keep ``key``'s IPs until ``until`` while a lookup is in flight (never past stale).
+
+        A lookup can take longer than ``grace`` (a resolver that times out); without this
+        an IP would leave before the failure that keeps it until ``deadline + stale`` is
+        known. Each IP's expiry becomes ``min(deadline + stale, until)`` when that is
+        later than its current expiry; nothing else changes.
+        """
+        kc = KeyChange()
+        for ip, old in list(self._entries.get(key, {}).items()):
+            expires = min(old.deadline + self.stale, until)
+            if expires > old.expires:
+                self._set(key, ip, replace(old, expires=expires), kc)
+        return self._single(key, kc)
+
     def expire(self, now: float) -> Change[K]:
         """Remove every IP whose expiry is not after ``now``; report them per key."""
         change: Change[K] = Change()

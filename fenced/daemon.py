@@ -23,6 +23,8 @@ from fenced.firewall import Firewall
 from fenced.log import Logger, log
 from fenced.model import Config
 from fenced.netlink import Element, SetOp, Verdict, cgroup_key
+from fenced.refresher import Refresher, targets_for
+from fenced.resolver import DnsResolver, Resolver
 from fenced.ruleset import Layout, cgroup_elements, delete_chains_script, layout, script
 
 CAP_NET_ADMIN = 12
@@ -77,6 +79,7 @@ class Daemon:
         loader: Callable[[str], Config] = config_mod.load,
         cgroup_root: str | None = None,
         logger: Logger = log,
+        resolver_factory: Callable[[Config], Resolver] | None = None,
     ) -> None:
         self.config_path = config_path
         self.fw = firewall
@@ -92,6 +95,8 @@ class Daemon:
         self._requests: list[str] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._cgroup_dirty = False
+        self._resolver_factory = resolver_factory or default_resolver
+        self.refresher: Refresher | None = None
 
     # ------------------------------------------------------------------ signals
     def request(self, what: str) -> None:
@@ -110,6 +115,9 @@ class Daemon:
         """Load the config and install it; raises ConfigError/FencedError when impossible."""
         cfg = self.loader(self.config_path)
         await self._apply(cfg)
+        assert self.layout is not None
+        self.refresher = Refresher(self.fw, self._resolver_factory(cfg), lock=self._fw_lock)
+        await self.refresher.start(cfg.daemon, targets_for(cfg, self.layout))
         self.state.last_reload = "ok"
         self.state.last_reload_time = time.time()
         self.log.info(
@@ -150,7 +158,13 @@ class Daemon:
         self.log.info("reload_requested", config=self.config_path)
         try:
             cfg = self.loader(self.config_path)
+            old = self.config
             await self._apply(cfg)
+            assert self.layout is not None
+            if self.refresher is not None:
+                if old is None or old.daemon.resolvers != cfg.daemon.resolvers:
+                    self.refresher.resolver = self._resolver_factory(cfg)
+                await self.refresher.configure(cfg.daemon, targets_for(cfg, self.layout))
         except ConfigError as exc:
             self._reload_failed(exc)
             for p in exc.problems:
@@ -180,6 +194,8 @@ class Daemon:
             self._watcher.stop(loop)
         for task in list(self._tasks):
             task.cancel()
+        if self.refresher is not None:
+            await self.refresher.stop()
         if self.config is not None and self.config.daemon.on_exit == "remove":
             async with self._fw_lock:
                 await self.fw.delete_table(self.config.daemon.table)
@@ -283,6 +299,13 @@ class Daemon:
             if path not in previous or previous[path] != now_id:
                 shown = now_id if now_id is not None else "absent"
                 self.log.info("cgroup_bound", cgroup=path, id=shown)
+
+
+def default_resolver(cfg: Config) -> Resolver:
+    """A dnspython resolver asking ``cfg``'s resolvers (resolv.conf's when none are set)."""
+    if cfg.daemon.resolvers:
+        return DnsResolver([str(r) for r in cfg.daemon.resolvers])
+    return DnsResolver.from_system()
 
 
 async def run_daemon(config_path: str, firewall: Firewall) -> None:

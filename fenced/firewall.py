@@ -261,6 +261,8 @@ class FakeFirewall:
                     del elems[e.key]
                 elif op.action == "refresh":
                     elems[e.key] = e
+                elif op.action == "discard":
+                    elems.pop(e.key, None)
         for name, sets in staged.items():
             self.tables[name].sets = sets
 

@@ -518,6 +518,9 @@ class Refresher:
             state.due = None
             state.in_flight = True
             self.stats.refresh_lag(max(0.0, now - due))
+            # Keep the name's IPs while the answer is unknown (a timing-out resolver can
+            # take longer than grace); writes happen only when an expiry would come first.
+            self._note_change(now, self.cache.hold(now, name, now + self.resolver.budget + 1.0))
             task = asyncio.create_task(self._lookup(state), name=f"fenced-dns-{name}")
             self._lookups.add(task)
             task.add_done_callback(self._lookups.discard)

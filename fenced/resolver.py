@@ -90,7 +90,12 @@ class Answer:
 
 
 class Resolver(Protocol):
-    """Something that looks up a name's addresses. Never raises for DNS outcomes."""
+    """Something that looks up a name's addresses. Never raises for DNS outcomes.
+
+    ``budget`` is the longest one ``resolve`` can take, in seconds.
+    """
+
+    budget: float
 
     async def resolve(self, name: str) -> Answer:
         """A and AAAA of ``name`` (no trailing dot needed), CNAMEs followed."""
@@ -180,6 +185,8 @@ class DnsResolver:
         self.port = port
         self.timeout = timeout
         self.attempts = max(1, attempts)
+        #: The longest one ``resolve`` can take (every attempt at every server timing out).
+        self.budget = self.timeout * self.attempts * max(1, len(self.servers))
 
     @classmethod
     def from_system(cls, *, port: int = 53, timeout: float = 2.0, attempts: int = 2) -> DnsResolver:
@@ -254,6 +261,7 @@ class FakeResolver:
         self._sleep = sleep or asyncio.sleep
         self._answers: dict[str, collections.deque[Answer | Exception]] = {}
         self._delays: dict[str, float] = {}
+        self.budget = 5.0
         self.queries: collections.Counter[str] = collections.Counter()
         self.in_flight = 0
         self.max_in_flight = 0

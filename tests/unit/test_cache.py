@@ -338,3 +338,17 @@ def test_effective_ttl_bounds(ttl: int, now: int) -> None:
     c.update(float(now), "k", [A], ttl)
     e = c.entries("k")[A]
     assert e.expires - e.deadline == 30
+
+
+def test_hold_extends_expiry_up_to_stale_only() -> None:
+    """hold keeps IPs until the given time, but never past deadline + stale, never shorter."""
+    cache: DnsCache[str] = DnsCache(min_ttl=1, max_ttl=100, grace=1, stale=10, max_ips=8)
+    ip = ipaddress.ip_address("192.0.2.1")
+    cache.update(0.0, "k", [ip], ttl=5)  # deadline 5, expires 6
+    change = cache.hold(4.0, "k", 9.0)
+    assert change.keys["k"].updated == {ip: 9.0}
+    assert cache.expiry("k", ip) == 9.0
+    assert not cache.hold(4.0, "k", 8.0)  # never shortens
+    cache.hold(4.0, "k", 100.0)
+    assert cache.expiry("k", ip) == 15.0  # capped at deadline + stale
+    assert not cache.hold(4.0, "other", 50.0)

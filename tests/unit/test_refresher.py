@@ -303,6 +303,21 @@ async def test_timeout_is_a_failure_too() -> None:
         assert r.ref.stats.dns["timeout"] >= 1
 
 
+async def test_lookup_slower_than_grace_keeps_ips_until_the_failure_is_known() -> None:
+    """A lookup that takes longer than grace (a resolver timing out) never lets IPs lapse."""
+    daemon = DaemonConfig(table=TABLE, min_ttl=1, max_ttl=3600, grace=1, stale=30)
+    answers = {"a.test": [ok(A, ttl=2), Answer.fail("timeout", "timed out")]}
+    async with running({"a.test": (S4,)}, answers, daemon=daemon, delays={"a.test": 4.0}) as r:
+        # first answer at t0+4 (delayed), deadline t0+6, grace ends t0+7; the second
+        # lookup starts at ~t0+6 and only fails at ~t0+10: the IP must hold until then.
+        for t in (5, 7, 8, 9, 9.9):
+            await r.at(t)
+            assert A in r.fw.live("s4"), f"lapsed at t0+{t}"
+        await r.at(12)
+        assert A in r.fw.live("s4")  # now kept by stale (deadline + 30)
+        assert r.ref.stats.dns["timeout"] >= 1
+
+
 async def test_recovery_removes_stale_ips() -> None:
     """After a failure, an answer without an old IP removes it once its grace passed."""
     answers = {"a.test": [ok(A), Answer.fail("servfail")]}
