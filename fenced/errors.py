@@ -62,3 +62,11 @@ class TransactionError(FencedError):
 
 class SystemCheckError(FencedError):
     """The host cannot run fenced (no CAP_NET_ADMIN, no nf_tables, no cgroup2, ...)."""
+
+
+class HttpError(FencedError):
+    """fenced's HTTP endpoint failed.
+
+    Either the server cannot listen (address taken, unknown host, no such local address)
+    or a client (``fenced status``) got no usable answer. The message says which, and why.
+    """
