@@ -75,15 +75,17 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
 from fenced.errors import FirewallError, TransactionError
 
 __all__ = [
+    "Commit",
     "DumpedElement",
     "Element",
+    "NftMonitor",
     "NftNetlink",
     "SetOp",
     "Verdict",
@@ -154,6 +156,21 @@ NFT_MSG_GETSETELEM: Final = 13
 NFT_MSG_DELSETELEM: Final = 14
 NFT_MSG_NEWGEN: Final = 15
 NFT_MSG_GETGEN: Final = 16
+NFNLGRP_NFTABLES: Final = 7  # enum nfnetlink_groups: nf_tables change notifications
+NETLINK_ADD_MEMBERSHIP: Final = 1
+# enum nft_gen_attributes
+NFTA_GEN_ID: Final = 1
+NFTA_GEN_PROC_PID: Final = 2
+NFTA_GEN_PROC_NAME: Final = 3
+#: Names of enum nf_tables_msg_types, for log lines.
+NFT_MSG_NAMES: Final = (
+    "NEWTABLE", "GETTABLE", "DELTABLE", "NEWCHAIN", "GETCHAIN", "DELCHAIN",
+    "NEWRULE", "GETRULE", "DELRULE", "NEWSET", "GETSET", "DELSET",
+    "NEWSETELEM", "GETSETELEM", "DELSETELEM", "NEWGEN", "GETGEN", "TRACE",
+    "NEWOBJ", "GETOBJ", "DELOBJ", "GETOBJ_RESET", "NEWFLOWTABLE", "GETFLOWTABLE",
+    "DELFLOWTABLE", "GETRULE_RESET", "DESTROYTABLE", "DESTROYCHAIN", "DESTROYRULE",
+    "DESTROYSET", "DESTROYSETELEM", "DESTROYOBJ", "DESTROYFLOWTABLE",
+)  # fmt: skip
 # enum nft_list_attributes
 NFTA_LIST_ELEM: Final = 1
 # enum nft_set_elem_list_attributes
@@ -175,8 +192,6 @@ NFTA_DATA_VERDICT: Final = 2
 # enum nft_verdict_attributes
 NFTA_VERDICT_CODE: Final = 1
 NFTA_VERDICT_CHAIN: Final = 2
-# enum nft_gen_attributes
-NFTA_GEN_ID: Final = 1
 # NFT_DATA_VALUE_MAXLEN (largest key/value), NFT_NAME_MAXLEN (names including the NUL)
 NFT_DATA_VALUE_MAXLEN: Final = 64
 NFT_NAME_MAXLEN: Final = 256
@@ -1182,3 +1197,134 @@ def _describe_batch(ops: Sequence[SetOp]) -> str:
     if len(ops) == 1:
         return ops[0].describe()
     return f"batch of {len(ops)} set operations ({ops[0].describe()}, ...)"
+
+
+# ==========================================================================================
+# Change notifications
+# ==========================================================================================
+
+
+@dataclass(frozen=True)
+class Commit:
+    """One committed nf_tables transaction as notifications describe it.
+
+    ``generation`` is the ruleset generation it produced, ``pid`` and ``process`` who
+    committed it, ``changes`` counts the messages by type name (``DELRULE``,
+    ``DELSETELEM``, ...) that concerned the watched table.
+    """
+
+    generation: int
+    pid: int
+    process: str
+    changes: Mapping[str, int]
+
+
+class CommitParser:
+    """Turns the notification stream into ``Commit`` values for one table. Pure.
+
+    Every nf_tables object message carries its table's name as attribute 1 (tables,
+    chains, rules, sets, elements, objects and flowtables alike); a transaction ends with
+    ``NEWGEN``, which names the committing process. Messages about other tables (or
+    other families) are ignored; a commit that touched none of the watched table's
+    objects yields a ``Commit`` with empty ``changes``.
+    """
+
+    def __init__(self, table: str, family: int = NFPROTO_INET) -> None:
+        self.table = table.encode()
+        self.family = family
+        self._pending: dict[str, int] = {}
+
+    def feed(self, data: bytes) -> list[Commit]:
+        """Parse one datagram of notifications; return the commits it completed."""
+        commits: list[Commit] = []
+        off = 0
+        while off + _NLMSGHDR.size <= len(data):
+            length, mtype, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, off)
+            if length < _NLMSGHDR.size or off + length > len(data):
+                break
+            if mtype >> 8 == NFNL_SUBSYS_NFTABLES and length >= _NLMSGHDR.size + 4:
+                msg = mtype & 0xFF
+                family = data[off + _NLMSGHDR.size]
+                attrs = dict(_flat_attrs(data, off + _NLMSGHDR.size + 4, off + length))
+                if msg == NFT_MSG_NEWGEN:
+                    commits.append(
+                        Commit(
+                            generation=_be32(attrs.get(NFTA_GEN_ID)),
+                            pid=_be32(attrs.get(NFTA_GEN_PROC_PID)),
+                            process=attrs.get(NFTA_GEN_PROC_NAME, b"")
+                            .rstrip(b"\0")
+                            .decode(errors="replace"),
+                            changes=dict(self._pending),
+                        )
+                    )
+                    self._pending.clear()
+                elif family == self.family and attrs.get(1, b"").rstrip(b"\0") == self.table:
+                    name = NFT_MSG_NAMES[msg] if msg < len(NFT_MSG_NAMES) else str(msg)
+                    self._pending[name] = self._pending.get(name, 0) + 1
+            off += (length + 3) & ~3
+        return commits
+
+
+def _flat_attrs(buf: bytes, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+    pos = start
+    while pos + _NLA.size <= end:
+        alen, atype = _NLA.unpack_from(buf, pos)
+        if alen < _NLA.size or pos + alen > end:
+            return
+        yield atype & 0x3FFF, bytes(buf[pos + _NLA.size : pos + alen])
+        pos += (alen + 3) & ~3
+
+
+def _be32(value: bytes | None) -> int:
+    return int.from_bytes(value[:4], "big") if value and len(value) >= 4 else 0
+
+
+class NftMonitor:
+    """A non-blocking socket subscribed to nf_tables change notifications.
+
+    Register ``fileno()`` with an event loop and call ``read()`` when it is readable: it
+    returns the commits completed so far (see ``CommitParser``). ``overrun`` becomes true
+    when the kernel dropped notifications (ENOBUFS); the caller should then assume
+    anything may have changed.
+    """
+
+    def __init__(self, table: str, netns_path: str | None = None) -> None:
+        if netns_path is None:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        else:
+            sock = _socket_in_netns(netns_path)
+        try:
+            sock.bind((0, 0))
+            sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self._parser = CommitParser(table)
+        self.overrun = False
+
+    def fileno(self) -> int:
+        """The socket's file descriptor."""
+        return self._sock.fileno()
+
+    def read(self) -> list[Commit]:
+        """Every commit whose notifications have arrived (never blocks)."""
+        commits: list[Commit] = []
+        while True:
+            try:
+                data = self._sock.recv(1 << 20)
+            except BlockingIOError:
+                return commits
+            except OSError as exc:
+                if exc.errno == errno_mod.ENOBUFS:
+                    self.overrun = True
+                    continue
+                raise
+            commits += self._parser.feed(data)
+
+    def close(self) -> None:
+        """Close the socket."""
+        self._sock.close()
