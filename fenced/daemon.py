@@ -9,6 +9,7 @@ Every firewall change goes through one lock, so the kernel sees them in a known 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import time
@@ -19,10 +20,10 @@ from pathlib import Path
 from fenced import config as config_mod
 from fenced.cgroups import CgroupWatcher, find_cgroup2_mount
 from fenced.errors import ConfigError, FencedError, FirewallError, SystemCheckError
-from fenced.firewall import Firewall
+from fenced.firewall import OWN_NFT_PIDS, Firewall
 from fenced.log import Logger, log
 from fenced.model import Config
-from fenced.netlink import Element, SetOp, Verdict, cgroup_key
+from fenced.netlink import Element, NftMonitor, SetOp, Verdict, cgroup_key
 from fenced.refresher import Refresher, targets_for
 from fenced.resolver import DnsResolver, Resolver
 from fenced.ruleset import Layout, cgroup_elements, delete_chains_script, layout, script
@@ -62,6 +63,7 @@ class State:
     last_reload_time: float | None = None
     last_reload_error: str | None = None
     cgroup_ids: dict[str, int | None] = field(default_factory=dict)
+    repairs: int = 0
 
 
 class Daemon:
@@ -80,6 +82,7 @@ class Daemon:
         cgroup_root: str | None = None,
         logger: Logger = log,
         resolver_factory: Callable[[Config], Resolver] | None = None,
+        monitor_factory: Callable[[str], NftMonitor] | None = None,
     ) -> None:
         self.config_path = config_path
         self.fw = firewall
@@ -97,6 +100,9 @@ class Daemon:
         self._cgroup_dirty = False
         self._resolver_factory = resolver_factory or default_resolver
         self.refresher: Refresher | None = None
+        self._monitor_factory = monitor_factory
+        self._monitor: NftMonitor | None = None
+        self._repair_due = False
 
     # ------------------------------------------------------------------ signals
     def request(self, what: str) -> None:
@@ -118,6 +124,7 @@ class Daemon:
         assert self.layout is not None
         self.refresher = Refresher(self.fw, self._resolver_factory(cfg), lock=self._fw_lock)
         await self.refresher.start(cfg.daemon, targets_for(cfg, self.layout))
+        self._watch_table(cfg.daemon.table)
         self.state.last_reload = "ok"
         self.state.last_reload_time = time.time()
         self.log.info(
@@ -141,6 +148,9 @@ class Daemon:
                     break
                 if "reload" in requests:
                     await self.reload()
+                if self._repair_due:
+                    self._repair_due = False
+                    await self._guarded(self.repair(), "repair_failed")
                 if self._cgroup_dirty:
                     self._cgroup_dirty = False
                     await self._guarded(self.sync_cgroups(), "cgroup_sync_failed")
@@ -165,6 +175,8 @@ class Daemon:
                 if old is None or old.daemon.resolvers != cfg.daemon.resolvers:
                     self.refresher.resolver = self._resolver_factory(cfg)
                 await self.refresher.configure(cfg.daemon, targets_for(cfg, self.layout))
+            if old is None or old.daemon.table != cfg.daemon.table:
+                self._watch_table(cfg.daemon.table)
         except ConfigError as exc:
             self._reload_failed(exc)
             for p in exc.problems:
@@ -192,6 +204,7 @@ class Daemon:
             loop.remove_signal_handler(sig)
         if self._watcher is not None:
             self._watcher.stop(loop)
+        self._unwatch_table()
         for task in list(self._tasks):
             task.cancel()
         if self.refresher is not None:
@@ -203,8 +216,64 @@ class Daemon:
         elif self.config is not None:
             self.log.info("stopped", table=self.config.daemon.table, table_kept=True)
 
+    # ------------------------------------------------------------------ tampering
+    def _watch_table(self, table: str) -> None:
+        """Listen for changes other processes make to ``table`` (when a monitor exists)."""
+        self._unwatch_table()
+        if self._monitor_factory is None:
+            return
+        try:
+            self._monitor = self._monitor_factory(table)
+        except OSError as exc:
+            self.log.error("monitor_unavailable", table=table, error=str(exc))
+            return
+        asyncio.get_running_loop().add_reader(self._monitor.fileno(), self._on_commits)
+
+    def _unwatch_table(self) -> None:
+        if self._monitor is not None:
+            asyncio.get_running_loop().remove_reader(self._monitor.fileno())
+            self._monitor.close()
+            self._monitor = None
+
+    def _on_commits(self) -> None:
+        assert self._monitor is not None
+        try:
+            commits = self._monitor.read()
+        except OSError as exc:
+            self.log.error("monitor_failed", error=str(exc))
+            commits = []
+            self._monitor.overrun = True
+        foreign = [c for c in commits if c.changes and not _is_own(c.pid)]
+        for c in foreign:
+            self.log.warning(
+                "table_tampered",
+                table=self.config.daemon.table if self.config else None,
+                pid=c.pid,
+                process=c.process,
+                changes=[f"{k}x{v}" for k, v in sorted(c.changes.items())],
+            )
+        if foreign or self._monitor.overrun:
+            self._monitor.overrun = False
+            self._repair_due = True
+            self._wake.set()
+
+    async def repair(self) -> None:
+        """Put the table back as it should be: ruleset, cgroup ids and set elements.
+
+        Called when another process changed fenced's table (deleted it, flushed it,
+        removed elements...). Reinstalling is idempotent, so nothing is compared first.
+        """
+        cfg, lay = self.config, self.layout
+        if cfg is None or lay is None:
+            return
+        await self._apply(cfg, repair=True)
+        if self.refresher is not None:
+            await self.refresher.configure(cfg.daemon, targets_for(cfg, lay))
+        self.state.repairs += 1
+        self.log.warning("table_repaired", table=cfg.daemon.table, repairs=self.state.repairs)
+
     # ------------------------------------------------------------------ applying
-    async def _apply(self, cfg: Config) -> None:
+    async def _apply(self, cfg: Config, *, repair: bool = False) -> None:
         """Install ``cfg``'s ruleset and subjects, keeping everything else on failure."""
         lay = layout(cfg)
         paths = [c.path for c in lay.cgroups]
@@ -225,7 +294,8 @@ class Daemon:
             await self.fw.install(script(cfg, lay, existing, keep_chains=stale_kept))
             self.config, self.layout = cfg, lay
             self.state.installed = True
-            self.state.generation += 1
+            if not repair:
+                self.state.generation += 1
             if root is not None or paths:
                 assert root is not None
                 if self._watcher is None:
@@ -301,6 +371,14 @@ class Daemon:
                 self.log.info("cgroup_bound", cgroup=path, id=shown)
 
 
+def _is_own(pid: int) -> bool:
+    """Whether a committing task id is this process (any of its threads) or its nft runs.
+
+    The kernel names the committing *task* (a thread id for writes from a worker thread).
+    """
+    return pid == os.getpid() or pid in OWN_NFT_PIDS or os.path.exists(f"/proc/self/task/{pid}")
+
+
 def default_resolver(cfg: Config) -> Resolver:
     """A dnspython resolver asking ``cfg``'s resolvers (resolv.conf's when none are set)."""
     if cfg.daemon.resolvers:
@@ -311,7 +389,7 @@ def default_resolver(cfg: Config) -> Resolver:
 async def run_daemon(config_path: str, firewall: Firewall) -> None:
     """Check the host, then run a daemon until it is asked to stop."""
     preflight()
-    daemon = Daemon(config_path, firewall)
+    daemon = Daemon(config_path, firewall, monitor_factory=NftMonitor)
     await daemon.run()
 
 

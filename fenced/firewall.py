@@ -10,6 +10,7 @@ the kernel's rules (deleting a missing element fails the whole batch), for unit 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import re
 import shutil
@@ -45,6 +46,11 @@ class Firewall(Protocol):
         """Remove ``inet table`` if it exists."""
 
 
+#: PIDs of the last ``nft`` processes fenced ran, so that its own commits can be told apart
+#: from foreign ones in change notifications.
+OWN_NFT_PIDS: collections.deque[int] = collections.deque(maxlen=64)
+
+
 async def _run_nft(
     args: Sequence[str], stdin: str | None, operation: str, netns_path: str | None = None
 ) -> str:
@@ -60,6 +66,7 @@ async def _run_nft(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+    OWN_NFT_PIDS.append(proc.pid)
     out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
     if proc.returncode != 0:
         detail = err.decode(errors="replace").strip() or f"nft exited with {proc.returncode}"
