@@ -16,6 +16,8 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Proto = Literal["tcp", "udp", "icmp"]
 Mode = Literal["enforce", "audit"]
 OnExit = Literal["keep", "remove"]
+DnsMode = Literal["gateway", "direct"]
+DenyResponse = Literal["nxdomain", "refused"]
 
 #: Protocols an outbound entry without ``/proto`` allows.
 DEFAULT_PROTOS: frozenset[Proto] = frozenset(("tcp", "udp"))
@@ -92,6 +94,8 @@ class Policy:
     inbound: tuple[Listen, ...] = ()
     loopback: bool = False
     allow_private: bool = False
+    dns: DnsMode = "gateway"
+    deny_response: DenyResponse = "nxdomain"
 
     @property
     def domains(self) -> tuple[str, ...]:
