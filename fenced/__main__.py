@@ -1,6 +1,7 @@
 """The ``fenced`` command line. The only module that exits the process.
 
-Exit codes: 0 success, 1 invalid configuration or a host that cannot run fenced,
+Exit codes: 0 success, 1 invalid configuration, a host that cannot run fenced, an HTTP
+listen address that cannot be used or (for ``status``) a daemon that does not answer,
 2 usage errors (argparse), 3 a firewall error at run time.
 """
 
@@ -8,16 +9,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from collections.abc import Sequence
 
 from fenced import __version__
 from fenced import config as config_mod
 from fenced.daemon import run_daemon
-from fenced.errors import ConfigError, FirewallError, SystemCheckError
+from fenced.errors import ConfigError, FirewallError, HttpError, SystemCheckError
 from fenced.firewall import KernelFirewall
 from fenced.model import Config
 from fenced.ruleset import layout, script
+from fenced.status import DEFAULT_URL, fetch_status, format_status
 
 DEFAULT_CONFIG = "/etc/fenced/fenced.toml"
 
@@ -85,7 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_config_error(exc)
         print("fenced: cannot start: invalid configuration", file=sys.stderr)
         return 1
-    except SystemCheckError as exc:
+    except (SystemCheckError, HttpError) as exc:
         print(f"fenced: cannot start: {exc}", file=sys.stderr)
         return 1
     except FirewallError as exc:
@@ -93,6 +96,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 3
     finally:
         firewall.close()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print a running daemon's status (``--json``: the raw document); 1 if it does not answer."""
+    try:
+        doc = fetch_status(args.url, timeout=args.timeout)
+    except HttpError as exc:
+        print(f"fenced status: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        sys.stdout.write(format_status(doc))
     return 0
 
 
@@ -112,6 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-c", "--config", dest="config_opt", help="main config file")
         p.add_argument("config_pos", nargs="?", metavar="CONFIG", help="same as -c")
         p.set_defaults(func=func)
+    p = sub.add_parser("status", help="show a running daemon's status (over HTTP)")
+    p.add_argument(
+        "--url", default=DEFAULT_URL, help=f"the daemon's HTTP address (default {DEFAULT_URL})"
+    )
+    p.add_argument("--json", action="store_true", help="print the raw JSON document")
+    p.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for an answer (default 5)"
+    )
+    p.set_defaults(func=cmd_status)
     return parser
 
 
@@ -119,9 +145,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``fenced`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.config_opt and args.config_pos and args.config_opt != args.config_pos:
-        parser.error("give the config file once, with -c or as an argument")
-    args.config = args.config_opt or args.config_pos or DEFAULT_CONFIG
+    if hasattr(args, "config_opt"):
+        if args.config_opt and args.config_pos and args.config_opt != args.config_pos:
+            parser.error("give the config file once, with -c or as an argument")
+        args.config = args.config_opt or args.config_pos or DEFAULT_CONFIG
     sys.exit(args.func(args))
 
 
