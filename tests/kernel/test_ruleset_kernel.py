@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import shutil
@@ -18,7 +19,8 @@ from fenced.daemon import Daemon
 from fenced.firewall import KernelFirewall
 from fenced.log import Logger
 from fenced.model import Config
-from fenced.netlink import Element, SetOp, ipv4_key, ipv6_key, key_to_ip
+from fenced.netlink import key_to_ip
+from fenced.resolver import Answer, FakeResolver
 from fenced.ruleset import layout, script
 
 pytestmark = pytest.mark.bed
@@ -147,31 +149,26 @@ outbound = ["api.example.com:443/tcp", "new.example.com:22/tcp"]
         return config_mod.load(path, lookup_user=lambda _n: None, lookup_group=lambda _n: None)
 
     fw = KernelFirewall(netns)
-    daemon = Daemon(str(config_file), fw, loader=loader, logger=Logger(sys.stderr))
+    dns = FakeResolver()
+    dns.script("api.example.com", Answer.ok(["198.51.100.7", "2001:db8::7"], ttl=600))
+    dns.script("old.example.com", Answer.fail("nxdomain"))
+    daemon = Daemon(
+        str(config_file),
+        fw,
+        loader=loader,
+        logger=Logger(sys.stderr),
+        resolver_factory=lambda _cfg: dns,
+    )
     try:
         await daemon.start()
         lay = daemon.layout
         assert lay is not None
         web4 = next(s.name for s in lay.sets_for("api.example.com") if s.family == 4)
         web6 = next(s.name for s in lay.sets_for("api.example.com") if s.family == 6)
-        await fw.apply(
-            [
-                SetOp(
-                    "add",
-                    "inet",
-                    "fenced",
-                    web4,
-                    (Element(ipv4_key("198.51.100.7"), timeout_ms=600_000),),
-                ),
-                SetOp(
-                    "add",
-                    "inet",
-                    "fenced",
-                    web6,
-                    (Element(ipv6_key("2001:db8::7"), timeout_ms=600_000),),
-                ),
-            ]
-        )
+        for _ in range(100):
+            if await fw.dump("fenced", web4) and await fw.dump("fenced", web6):
+                break
+            await asyncio.sleep(0.02)
         cg_id = (cgroups / "svc").stat().st_ino
         before = {e.verdict.chain for e in await fw.dump("fenced", "m_cg_out_2") if e.verdict}
         assert before == {"p_old_out"}
