@@ -35,6 +35,8 @@ from fenced.model import (
     DEFAULT_PROTOS,
     Config,
     DaemonConfig,
+    DenyResponse,
+    DnsMode,
     IPAddress,
     IPNetwork,
     Listen,
@@ -88,6 +90,8 @@ _OUTBOUND_PROTOS: Final[dict[str, Proto]] = {"tcp": "tcp", "udp": "udp", "icmp":
 _INBOUND_PROTOS: Final[dict[str, Proto]] = {"tcp": "tcp", "udp": "udp"}
 _MODES: Final[dict[str, Mode]] = {"enforce": "enforce", "audit": "audit"}
 _ON_EXIT: Final[dict[str, OnExit]] = {"keep": "keep", "remove": "remove"}
+_DNS_MODES: Final[dict[str, DnsMode]] = {"gateway": "gateway", "direct": "direct"}
+_DENY_RESPONSES: Final[dict[str, DenyResponse]] = {"nxdomain": "nxdomain", "refused": "refused"}
 
 _T = TypeVar("_T")
 
@@ -112,6 +116,8 @@ _POLICY_KEYS: Final = (
     "inbound",
     "loopback",
     "allow_private",
+    "dns",
+    "deny_response",
 )
 
 
@@ -125,7 +131,10 @@ def parse_outbound(text: str) -> Target:
     address or network in brackets (``[2001:db8::1]``, ``[2001:db8::/32]``); a bare IPv6
     address or network is accepted only without PORTS. A single address becomes a /32
     or /128 network; a network with host bits set is refused. Domains are lower-cased and
-    lose one trailing dot; wildcards (``*.example.com``) are refused.
+    lose one trailing dot. A domain may be a wildcard, ``*.example.com``: ``*`` only as
+    the whole first label, followed by at least two labels (``*.com`` is refused: it
+    would open a whole top-level domain); whether the policy may use one (it needs
+    ``dns = "gateway"``) is checked by :func:`parse_documents`.
 
     PORTS is a comma list of ``N`` or ``N-M`` (1-65535), returned sorted and merged; no
     PORTS means every port (``ports == ()``). PROTO is ``tcp``, ``udp`` or ``icmp``; no
@@ -176,7 +185,7 @@ def parse_outbound(text: str) -> Target:
             try:
                 network = ipaddress.IPv4Network(ipaddress.IPv4Address(host))
             except ValueError:
-                domain = _parse_domain(host)
+                domain = _parse_domain(host, wildcard=True)
     ports = _parse_ports(ports_text) if ports_text is not None else ()
     protos: tuple[Proto, ...] = (proto,) if proto is not None else tuple(sorted(DEFAULT_PROTOS))
     if "icmp" in protos and ports:
@@ -711,6 +720,17 @@ class _Validator:
         inbound = self.entries(file, key, table, "inbound", parse_inbound)
         loopback = self.boolean(file, f"{key}.loopback", table, "loopback", False)
         allow_private = self.boolean(file, f"{key}.allow_private", table, "allow_private", False)
+        dns = self.choice(file, f"{key}.dns", table, "dns", default="gateway", choices=_DNS_MODES)
+        deny_response = self.choice(
+            file,
+            f"{key}.deny_response",
+            table,
+            "deny_response",
+            default="nxdomain",
+            choices=_DENY_RESPONSES,
+        )
+        if dns == "direct":
+            self.direct_wildcards(file, key, table)
         if not usable:
             return
 
@@ -739,7 +759,29 @@ class _Validator:
             inbound=tuple(inbound),
             loopback=loopback,
             allow_private=allow_private,
+            dns=dns,
+            deny_response=deny_response,
         )
+
+    def direct_wildcards(self, file: str, prefix: str, table: Mapping[str, object]) -> None:
+        """Report every wildcard outbound entry of a ``dns = "direct"`` policy."""
+        items = table.get("outbound")
+        if not isinstance(items, list | tuple):
+            return
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                continue
+            try:
+                target = parse_outbound(item)
+            except ValueError:
+                continue  # reported by entries()
+            if target.wildcard:
+                self.problem(
+                    file,
+                    f"{prefix}.outbound[{i}]",
+                    'wildcards need dns = "gateway" (this policy has dns = "direct"): '
+                    "their addresses are learned only from the policy's own DNS answers",
+                )
 
     def ids(
         self,
@@ -948,9 +990,26 @@ def _parse_ipv6(text: str) -> ipaddress.IPv6Network:
         raise ValueError(f"{text} has host bits set; did you mean {fixed}?") from None
 
 
-def _parse_domain(host: str) -> str:
-    if host.startswith("*."):
-        raise ValueError("wildcard names are not supported yet (they need the DNS gateway)")
+def _parse_domain(host: str, *, wildcard: bool = False) -> str:
+    if host.startswith("*.") and wildcard:
+        rest = host[2:]
+        if "*" in rest:
+            raise ValueError(f"bad wildcard {host!r}: '*' may only be the whole first label")
+        name = _parse_domain(rest)
+        if "." not in name:
+            raise ValueError(
+                f"wildcard {host!r} is too broad: give at least two labels after '*.', "
+                "e.g. *.example.com"
+            )
+        if len(name) + 2 > 253:
+            raise ValueError(
+                f"host name is {len(name) + 2} characters long; at most 253 are allowed"
+            )
+        return "*." + name
+    if "*" in host:
+        if host.startswith("*.") or host == "*":
+            raise ValueError(f"{host!r}: wildcards are allowed only in outbound entries")
+        raise ValueError(f"bad wildcard {host!r}: '*' may only be the whole first label")
     if not host.isascii():
         raise ValueError(
             f"{host!r} is not ASCII; write internationalized names in their xn-- (punycode) form"

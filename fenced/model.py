@@ -59,13 +59,20 @@ class Target:
     """One ``outbound`` entry: a domain name or a network, and the ports it opens.
 
     Exactly one of ``domain`` and ``network`` is set. ``domain`` is lower case with no
-    trailing dot. ``text`` is the entry as written, for messages.
+    trailing dot; it may be a wildcard, ``*.example.com`` (``*`` as the whole first label,
+    at least two labels after it), which matches every name below ``example.com`` at any
+    depth but not ``example.com`` itself. ``text`` is the entry as written, for messages.
     """
 
     text: str
     spec: PortSpec
     domain: str | None = None
     network: IPNetwork | None = None
+
+    @property
+    def wildcard(self) -> bool:
+        """Whether ``domain`` is a wildcard (``*.example.com``): only the gateway can serve it."""
+        return self.domain is not None and self.domain.startswith("*.")
 
 
 @dataclass(frozen=True)
@@ -99,8 +106,20 @@ class Policy:
 
     @property
     def domains(self) -> tuple[str, ...]:
-        """Every domain name the policy's outbound entries list, sorted, each once."""
-        return tuple(sorted({t.domain for t in self.outbound if t.domain is not None}))
+        """Every exact domain name the policy's outbound entries list, sorted, each once.
+
+        Wildcards are left out (they cannot be resolved ahead of time): see ``wildcards``.
+        """
+        return tuple(
+            sorted({t.domain for t in self.outbound if t.domain is not None and not t.wildcard})
+        )
+
+    @property
+    def wildcards(self) -> tuple[str, ...]:
+        """Every wildcard domain (``*.example.com``) the policy lists, sorted, each once."""
+        return tuple(
+            sorted({t.domain for t in self.outbound if t.domain is not None and t.wildcard})
+        )
 
 
 @dataclass(frozen=True)

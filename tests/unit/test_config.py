@@ -171,6 +171,7 @@ def test_defaults_apply_when_keys_are_absent() -> None:
     )
     web = config.policy("web")
     assert (web.mode, web.loopback, web.allow_private) == ("enforce", False, False)
+    assert (web.dns, web.deny_response) == ("gateway", "nxdomain")
     assert (web.gids, web.cgroups, web.outbound, web.inbound) == ((), (), (), ())
 
 
@@ -278,7 +279,14 @@ def test_outbound_good(
         ("198.51.100.0/33", "expected 0-32"),
         ("10.0.0.0/255.0.0.0", "expected 0-32"),
         ("[2001:db8::/129]", "expected 0-128"),
-        ("*.example.com", "wildcard names are not supported yet (they need the DNS gateway)"),
+        ("*.com", "is too broad: give at least two labels after '*.'"),
+        ("*.", "missing host name"),
+        ("*.*.example.com", "'*' may only be the whole first label"),
+        ("a.*.example.com", "'*' may only be the whole first label"),
+        ("*", "wildcards are allowed only in outbound entries"),
+        ("*example.com", "'*' may only be the whole first label"),
+        ("*.exa$mple.com", "letters, digits"),
+        ("*.example.123", "not a valid IPv4 address"),
         ("example.com:443/icmp", "icmp has no ports"),
         ("example.com/sctp", "unknown protocol 'sctp'"),
         ("example.com/TCP", "unknown protocol 'TCP'"),
@@ -307,7 +315,7 @@ def test_outbound_good(
         ("a" * 64 + ".example", "longer than 63"),
         (".".join(["a" * 60] * 5), "at most 253"),
         ("exa$mple.com", "letters, digits"),
-        ("a*.example.com", "letters, digits"),
+        ("a*.example.com", "'*' may only be the whole first label"),
         ("bücher.example", "punycode"),
         (":443", "missing host"),
         ("/tcp", "missing host"),
@@ -517,6 +525,66 @@ def test_daemon_edge_values_accepted() -> None:
     )
     assert (d.min_ttl, d.max_ttl, d.grace, d.stale) == (1, 1, 0, 0)
     assert (d.max_ips_per_name, d.on_exit) == (10000, "remove")
+
+
+@pytest.mark.parametrize(
+    ("text", "domain"),
+    [
+        ("*.example.com", "*.example.com"),
+        ("*.Raw.GitHubUserContent.COM.", "*.raw.githubusercontent.com"),
+        ("*.example.com:443/tcp", "*.example.com"),
+        ("*.a_b.example", "*.a_b.example"),
+    ],
+)
+def test_outbound_wildcard_good(text: str, domain: str) -> None:
+    """A wildcard entry parses to a Target whose domain keeps the '*.' prefix."""
+    target = parse_outbound(text)
+    assert target.domain == domain
+    assert target.wildcard is True
+    assert target.network is None
+
+
+def test_wildcards_are_kept_apart_from_domains() -> None:
+    """Policy.domains lists exact names only; Policy.wildcards lists the wildcards."""
+    config = parse(
+        doc(
+            "m.toml",
+            MINIMAL + "outbound = ['*.b.example:443', 'a.example', '*.b.example', '192.0.2.1']\n",
+        )
+    )
+    web = config.policy("web")
+    assert web.domains == ("a.example",)
+    assert web.wildcards == ("*.b.example",)
+    assert [t.wildcard for t in web.outbound] == [True, False, True, False]
+
+
+def test_dns_and_deny_response_keys() -> None:
+    """dns and deny_response take their documented values and refuse others."""
+    web = parse(doc("m.toml", MINIMAL + "dns = 'direct'\ndeny_response = 'refused'\n")).policy(
+        "web"
+    )
+    assert (web.dns, web.deny_response) == ("direct", "refused")
+    p = one_problem(doc("m.toml", MINIMAL + "dns = 'proxy'\n"))
+    assert (p.key, p.reason) == ("policy.web.dns", "must be 'gateway' or 'direct', got 'proxy'")
+    p = one_problem(doc("m.toml", MINIMAL + "deny_response = 'drop'\n"))
+    assert (p.key, p.reason) == (
+        "policy.web.deny_response",
+        "must be 'nxdomain' or 'refused', got 'drop'",
+    )
+    p = one_problem(doc("m.toml", MINIMAL + "dns = true\n"))
+    assert p.key == "policy.web.dns"
+    assert "expected a string" in p.reason
+
+
+def test_wildcard_needs_gateway() -> None:
+    """A wildcard entry in a dns = "direct" policy is an error naming the entry."""
+    p = one_problem(
+        doc("m.toml", MINIMAL + "dns = 'direct'\noutbound = ['a.example', '*.b.example:443']\n")
+    )
+    assert p.key == "policy.web.outbound[1]"
+    assert 'wildcards need dns = "gateway"' in p.reason
+    gateway = parse(doc("m.toml", MINIMAL + "outbound = ['*.b.example:443']\n"))
+    assert gateway.policy("web").dns == "gateway"
 
 
 def test_bad_mode() -> None:
@@ -873,7 +941,7 @@ def test_several_problems_reported_together() -> None:
         doc(
             "main.toml",
             "bogus = 1\n[daemon]\nmin_ttl = 0\non_exit = 'x'\n"
-            "[policy.web]\nuids = ['nobody2']\noutbound = ['*.example.com', 'ok.example']\n"
+            "[policy.web]\nuids = ['nobody2']\noutbound = ['*.com', 'ok.example']\n"
             "inbound = ['80/icmp']\n",
         ),
         doc("d/a.toml", "[daemon]\n[policy.Bad]\nuids = [1]\n[policy.web]\nuids = [1]\n"),
