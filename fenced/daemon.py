@@ -21,12 +21,16 @@ from fenced import config as config_mod
 from fenced.cgroups import CgroupWatcher, find_cgroup2_mount
 from fenced.errors import ConfigError, FencedError, FirewallError, SystemCheckError
 from fenced.firewall import OWN_NFT_PIDS, Firewall
+from fenced.http import HttpServer
 from fenced.log import Logger, log
+from fenced.metrics import Metrics, MetricsStats, TimedFirewall, TimedResolver
 from fenced.model import Config
 from fenced.netlink import Element, NftMonitor, SetOp, Verdict, cgroup_key
+from fenced.notify import Notifier
 from fenced.refresher import Refresher, targets_for
 from fenced.resolver import DnsResolver, Resolver
 from fenced.ruleset import Layout, cgroup_elements, delete_chains_script, layout, script
+from fenced.status import build_status
 
 CAP_NET_ADMIN = 12
 
@@ -83,6 +87,9 @@ class Daemon:
         logger: Logger = log,
         resolver_factory: Callable[[Config], Resolver] | None = None,
         monitor_factory: Callable[[str], NftMonitor] | None = None,
+        metrics: Metrics | None = None,
+        notifier: Notifier | None = None,
+        first_resolution_timeout: float = 10.0,
     ) -> None:
         self.config_path = config_path
         self.fw = firewall
@@ -98,7 +105,14 @@ class Daemon:
         self._requests: list[str] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._cgroup_dirty = False
-        self._resolver_factory = resolver_factory or default_resolver
+        self.metrics = metrics or Metrics()
+        self.notifier = notifier or Notifier(None)
+        self.http: HttpServer | None = None
+        self._first_resolution_timeout = first_resolution_timeout
+        base = resolver_factory or default_resolver
+        self._resolver_factory: Callable[[Config], Resolver] = lambda cfg: TimedResolver(
+            base(cfg), self.metrics
+        )
         self.refresher: Refresher | None = None
         self._monitor_factory = monitor_factory
         self._monitor: NftMonitor | None = None
@@ -120,13 +134,25 @@ class Daemon:
     async def start(self) -> None:
         """Load the config and install it; raises ConfigError/FencedError when impossible."""
         cfg = self.loader(self.config_path)
+        if cfg.daemon.listen:
+            # Bind first: a taken port fails start-up before the table is touched.
+            self.http = HttpServer(cfg.daemon.listen, self, self.metrics, logger=self.log)
+            await self.http.start()
         await self._apply(cfg)
         assert self.layout is not None
-        self.refresher = Refresher(self.fw, self._resolver_factory(cfg), lock=self._fw_lock)
+        self.refresher = Refresher(
+            TimedFirewall(self.fw, self.metrics),
+            self._resolver_factory(cfg),
+            lock=self._fw_lock,
+            stats=MetricsStats(self.metrics),
+        )
         await self.refresher.start(cfg.daemon, targets_for(cfg, self.layout))
         self._watch_table(cfg.daemon.table)
+        await self._first_resolutions()
         self.state.last_reload = "ok"
         self.state.last_reload_time = time.time()
+        self.metrics.reload(True, self.state.last_reload_time, initial=True)
+        self.notifier.ready(f"enforcing {len(cfg.policies)} policies")
         self.log.info(
             "started",
             config=self.config_path,
@@ -134,14 +160,32 @@ class Daemon:
             policies=[p.name for p in cfg.policies],
         )
 
+    async def _first_resolutions(self) -> None:
+        """Wait (bounded) until every configured name had its first answer or failure."""
+        deadline = time.monotonic() + self._first_resolution_timeout
+        while self.refresher is not None and time.monotonic() < deadline:
+            if all(n.last_status is not None for n in self.refresher.status().values()):
+                return
+            await asyncio.sleep(0.02)
+
     async def run(self) -> None:
         """Start, then serve requests until asked to stop; then stop in order."""
         loop = asyncio.get_running_loop()
-        await self.start()
         self.install_signal_handlers(loop)
         try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        watchdog = self.notifier.watchdog_interval()
+        try:
             while True:
-                await self._wake.wait()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=watchdog)
+                except TimeoutError:
+                    if self.health()[0]:
+                        self.notifier.watchdog()
+                    continue
                 self._wake.clear()
                 requests, self._requests = self._requests, []
                 if "stop" in requests:
@@ -166,6 +210,13 @@ class Daemon:
     async def reload(self) -> bool:
         """Read the config again and apply it; on any error keep the running one."""
         self.log.info("reload_requested", config=self.config_path)
+        self.notifier.reloading()
+        try:
+            return await self._reload()
+        finally:
+            self.notifier.ready_after_reload()
+
+    async def _reload(self) -> bool:
         try:
             cfg = self.loader(self.config_path)
             old = self.config
@@ -189,6 +240,15 @@ class Daemon:
         self.state.last_reload = "ok"
         self.state.last_reload_time = time.time()
         self.state.last_reload_error = None
+        self.metrics.reload(True, self.state.last_reload_time)
+        if self.config is not None and self.config.daemon.listen != (
+            self.http.listen if self.http is not None else ""
+        ):
+            self.log.warning(
+                "listen_change_needs_restart",
+                listen=self.config.daemon.listen,
+                note="the HTTP address is bound at start; restart fenced to move it",
+            )
         self.log.info("reloaded", generation=self.state.generation)
         return True
 
@@ -196,9 +256,14 @@ class Daemon:
         self.state.last_reload = "error"
         self.state.last_reload_time = time.time()
         self.state.last_reload_error = str(exc)
+        self.metrics.reload(False, self.state.last_reload_time)
 
     async def stop(self) -> None:
-        """Stop watching and leave or remove the table as ``on_exit`` says."""
+        """Stop in order: HTTP, watchers, refresher, then the table as ``on_exit`` says."""
+        self.notifier.stopping()
+        if self.http is not None:
+            await self.http.stop()
+            self.http = None
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
@@ -270,6 +335,7 @@ class Daemon:
         if self.refresher is not None:
             await self.refresher.configure(cfg.daemon, targets_for(cfg, lay))
         self.state.repairs += 1
+        self.metrics.table_repair()
         self.log.warning("table_repaired", table=cfg.daemon.table, repairs=self.state.repairs)
 
     # ------------------------------------------------------------------ applying
@@ -364,11 +430,43 @@ class Daemon:
                 )
         if ops:
             await self.fw.apply(ops)
+            self.metrics.cgroup_update()
         previous, self.state.cgroup_ids = self.state.cgroup_ids, ids
         for path, now_id in sorted(ids.items()):
             if path not in previous or previous[path] != now_id:
                 shown = now_id if now_id is not None else "absent"
                 self.log.info("cgroup_bound", cgroup=path, id=shown)
+
+    # ------------------------------------------------------------------ status (HTTP)
+    def health(self) -> tuple[bool, str]:
+        """(True, "ok") when the ruleset is installed and the refresher runs, else the reason."""
+        if not self.state.installed:
+            return False, "no ruleset installed"
+        if self.refresher is None or not self.refresher.running:
+            return False, "the DNS refresher is not running"
+        return True, "ok"
+
+    def status(self) -> dict[str, object]:
+        """The /status document."""
+        r = self.refresher
+        return build_status(
+            self.state,
+            self.config,
+            r.status() if r is not None else {},
+            mono_now=r.clock.now() if r is not None else time.monotonic(),
+            wall_now=time.time(),
+            health=self.health(),
+        )
+
+    async def refresh_counters(self) -> None:
+        """Update the metrics that need I/O (denial counters) or a walk of the cache."""
+        cfg = self.config
+        if cfg is None:
+            return
+        if self.refresher is not None:
+            self.metrics.update_policies(cfg, self.refresher.status())
+        counters = await self.fw.counters(cfg.daemon.table)
+        self.metrics.update_denied([p.name for p in cfg.policies], counters)
 
 
 def _is_own(pid: int) -> bool:
@@ -389,7 +487,7 @@ def default_resolver(cfg: Config) -> Resolver:
 async def run_daemon(config_path: str, firewall: Firewall) -> None:
     """Check the host, then run a daemon until it is asked to stop."""
     preflight()
-    daemon = Daemon(config_path, firewall, monitor_factory=NftMonitor)
+    daemon = Daemon(config_path, firewall, monitor_factory=NftMonitor, notifier=Notifier.from_env())
     await daemon.run()
 
 

@@ -384,6 +384,11 @@ class Refresher:
                 req.done.cancel()
         self._requests.clear()
 
+    @property
+    def running(self) -> bool:
+        """Whether the loop is alive (started, not stopped, not crashed)."""
+        return self._task is not None and not self._task.done()
+
     def status(self) -> dict[str, NameStatus]:
         """The state of every configured name, by name."""
         return {

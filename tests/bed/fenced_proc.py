@@ -75,13 +75,14 @@ class Fenced:
         p.write_text(text)
         return p
 
-    def start(self, *, wait: bool = True) -> Fenced:
-        """Start ``fenced run`` as root in the client namespace."""
+    def start(self, *, wait: bool = True, env: dict[str, str] | None = None) -> Fenced:
+        """Start ``fenced run`` as root in the client namespace (``env``: extra variables)."""
         self.proc = self.bed.spawn(
             [sys.executable, "-m", "fenced", "run", "-c", str(self.path)],
             ns="client",
             stdin=False,
             label="fenced",
+            env=env,
         )
         if wait:
             self.wait_log("event=started", STARTUP_TIMEOUT)
@@ -133,6 +134,31 @@ class Fenced:
         assert self.proc is not None
         self.send_signal(sig)
         return self.proc.wait(timeout)
+
+    def http(self, path: str, method: str = "GET", port: int = 9100) -> tuple[int, str]:
+        """(status, body) of an HTTP request to the daemon, made inside the client namespace."""
+        code = (
+            "import sys, urllib.request, urllib.error\n"
+            "req = urllib.request.Request(sys.argv[1], method=sys.argv[2])\n"
+            "opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))\n"
+            "try:\n"
+            "    r = opener.open(req, timeout=5); print(r.status); print(r.read().decode())\n"
+            "except urllib.error.HTTPError as e:\n"
+            "    print(e.code); print(e.read().decode())\n"
+        )
+        url = f"http://127.0.0.1:{port}{path}"
+        cp = self.bed.ns_exec([sys.executable, "-c", code, url, method])
+        status, _, body = cp.stdout.partition("\n")
+        return int(status), body.rstrip("\n")
+
+    def metric(self, name: str, port: int = 9100) -> float:
+        """The value of one sample (``name`` with its labels, as printed) from /metrics."""
+        status, body = self.http("/metrics", port=port)
+        assert status == 200, body
+        for line in body.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+        raise BedError(f"no sample {name!r} in /metrics")
 
     def nft_counter(self, name: str, table: str = "fenced") -> int:
         """Packets counted so far by the named counter ``name`` of fenced's table."""
