@@ -1,0 +1,751 @@
+"""The DNS gateway: answers a gateway policy's DNS and opens what it answers, first.
+
+A policy with ``dns = "gateway"`` has its DNS (UDP and TCP port 53, to any address)
+redirected by the ruleset to a loopback port of its own, where a :class:`Gateway` listens.
+The port says which policy asked (the kernel lets only that policy's sockets reach it),
+so one ``Gateway`` serves one policy. For each query it:
+
+* answers ``FORMERR`` to what does not parse (or drops it when not even the header
+  does), ``NOTIMP`` to opcodes other than QUERY, ``FORMERR`` to anything but exactly one
+  question, ``REFUSED`` to classes other than IN and to zone transfers and other meta
+  types;
+* answers ``NXDOMAIN`` (or ``REFUSED``, per the policy's ``deny_response``) to a name no
+  outbound entry allows, with the question echoed, without asking upstream: whatever
+  the type, so a TXT or NULL query cannot tunnel data out through a resolver;
+* forwards a question for an allowed name to the resolvers with a fresh random ID
+  (:func:`fenced.resolver.forward`: UDP with EDNS, TCP on truncation, next server on
+  failure, about 2 s in all), keeping the client's RD, CD and AD bits and its DO bit;
+  when nothing usable comes back the client gets ``SERVFAIL``;
+* in the answer, follows the CNAME chain from the question name (answer section only)
+  and keeps the A and AAAA records on it; every other A or AAAA record, in any section,
+  is removed, so the client never holds an address fenced did not vouch for (SRV, MX
+  and other additional-section glue included: the client asks for those names itself,
+  and they are judged like any other). With ``allow_private = false`` addresses that
+  :func:`fenced.planner.is_restricted` flags are removed too;
+* when addresses remain, awaits the injected ``learn`` hook with them and the chain's
+  smallest TTL, and replies only after it returned: the firewall holds the addresses
+  before the client can use them. If the hook raises or takes longer than
+  ``learn_timeout``, the client gets ``SERVFAIL``: nothing the firewall did not accept
+  is released;
+* gives every record on the chain the chain's smallest TTL, at most ``max_ttl``, so a
+  caching stub forgets the whole chain at once, and never later than the firewall drops
+  the addresses (their effective TTL plus ``grace``);
+* returns other types (TXT, SRV, HTTPS, MX, ...) of allowed names unchanged apart from
+  removed address records; nothing in them is learned (not SRV or HTTPS targets, not
+  ``ipv4hint``/``ipv6hint``);
+* over UDP, sends ``TC=1`` with an empty answer when the reply exceeds what the client
+  can take (its EDNS payload size, 512 bytes without EDNS), so it asks again over TCP.
+  The TCP listener takes length-prefixed messages, several per connection, closes
+  connections idle for ``tcp_idle`` seconds and holds at most ``max_tcp`` at once.
+
+Every query ends in one result counted through :class:`GatewayStats` (see
+:data:`Result`) with the time fenced added (handling time minus the time spent waiting
+on resolvers). Denials, failures and removed private addresses are logged: the first
+time per name, then at 10, 100, 1000, ... occurrences, and never more than a few lines a
+second per gateway (what was held back is counted on the next line).
+
+:class:`NameMatcher` is the pure part: which outbound entries allow a name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import math
+import struct
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal, cast
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.opcode
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+from fenced.log import Logger, log
+from fenced.model import DaemonConfig, IPAddress, Policy, Target
+from fenced.planner import is_restricted
+from fenced.resolver import EDNS_PAYLOAD, MAX_CHAIN, forward
+
+__all__ = [
+    "Gateway",
+    "GatewayStats",
+    "LearnHook",
+    "NameMatcher",
+    "Result",
+    "Transport",
+]
+
+#: The outcome of one query, as counted:
+#:
+#: * ``allowed``: forwarded, and the upstream answer (NOERROR or NXDOMAIN) returned;
+#: * ``denied``: the name is not allowed; NXDOMAIN or REFUSED returned;
+#: * ``servfail``: no resolver gave a usable answer in time; SERVFAIL returned;
+#: * ``learn_failed``: the ``learn`` hook raised or timed out; SERVFAIL returned;
+#: * ``formerr``: malformed, or not exactly one question; FORMERR returned;
+#: * ``refused``: class other than IN, or a zone transfer or meta type; REFUSED returned;
+#: * ``notimp``: opcode other than QUERY; NOTIMP returned;
+#: * ``dropped``: no reply at all (unparseable header, a response sent to the gateway,
+#:   too many queries in flight).
+Result = Literal[
+    "allowed", "denied", "servfail", "learn_failed", "formerr", "refused", "notimp", "dropped"
+]
+
+#: How a query reached the gateway.
+Transport = Literal["udp", "tcp"]
+
+#: ``learn(policy, qname, targets, ips, ttl)``: put ``ips`` into ``policy``'s sets for
+#: ``targets`` (the outbound entries that allow ``qname``; their ports), kept for ``ttl``
+#: (the chain's smallest TTL, not yet raised to ``min_ttl`` or lowered to ``max_ttl``)
+#: plus grace. Must return only once the kernel holds them, and raise if it could not.
+LearnHook = Callable[[str, str, tuple[Target, ...], tuple[IPAddress, ...], int], Awaitable[None]]
+
+_ADDRESS_TYPES = frozenset((dns.rdatatype.A, dns.rdatatype.AAAA))
+_FORWARDED_FLAGS = dns.flags.RD | dns.flags.CD | dns.flags.AD
+_UPSTREAM_FLAGS = dns.flags.AA | dns.flags.AD | dns.flags.CD
+_REFUSED_TYPES = frozenset(
+    (dns.rdatatype.AXFR, dns.rdatatype.IXFR, dns.rdatatype.OPT, dns.rdatatype.TSIG)
+)
+_HEADER = struct.Struct("!HHHHHH")
+
+
+# ------------------------------------------------------------------------------ matching
+
+
+def _labels(name: str | dns.name.Name) -> tuple[bytes, ...] | None:
+    """The lower-cased labels of ``name``, root label left out; None if it is no name."""
+    if isinstance(name, str):
+        try:
+            name = dns.name.from_text(name, origin=dns.name.root)
+        except (dns.exception.DNSException, ValueError):
+            return None
+    labels = name.labels
+    if labels and labels[-1] == b"":
+        labels = labels[:-1]
+    return tuple(label.lower() for label in labels)
+
+
+class NameMatcher:
+    """Which outbound entries of a policy allow a DNS name. Pure.
+
+    Built from a policy's outbound targets (entries without a domain are ignored). An
+    exact entry ``a.example.com`` allows that name only; a wildcard ``*.example.com``
+    allows every name below example.com at any depth (``x.example.com``,
+    ``x.y.example.com``), not example.com itself. Names are compared label by label,
+    case-insensitively, a trailing dot ignored; a label holding a dot or other bytes no
+    entry can hold never matches.
+    """
+
+    def __init__(self, targets: Iterable[Target]) -> None:
+        self._exact: dict[tuple[bytes, ...], list[Target]] = {}
+        self._wild: dict[tuple[bytes, ...], list[Target]] = {}
+        for t in targets:
+            if t.domain is None:
+                continue
+            if t.wildcard:
+                key = _labels(t.domain[2:])
+                table = self._wild
+            else:
+                key = _labels(t.domain)
+                table = self._exact
+            if key:
+                entries = table.setdefault(key, [])
+                if t not in entries:
+                    entries.append(t)
+
+    def match(self, qname: str | dns.name.Name) -> tuple[Target, ...]:
+        """Every entry that allows ``qname``, each once; empty when none does.
+
+        Exact entries come first, then wildcards from the most specific suffix on, in
+        configuration order within each group. A ``qname`` that is not a valid name
+        matches nothing.
+        """
+        labels = _labels(qname)
+        if not labels:
+            return ()
+        found: list[Target] = list(self._exact.get(labels, ()))
+        for i in range(1, len(labels)):
+            for t in self._wild.get(labels[i:], ()):
+                if t not in found:
+                    found.append(t)
+        return tuple(found)
+
+    def allows(self, qname: str | dns.name.Name) -> bool:
+        """Whether any entry allows ``qname``."""
+        return bool(self.match(qname))
+
+
+# ------------------------------------------------------------------------------ stats and logs
+
+
+class GatewayStats:
+    """Counters of the gateways; subclass (or read) to export metrics.
+
+    ``results`` counts queries by (policy, result); ``added_*`` sum up the time fenced
+    added to queries (seconds, handling time minus upstream time); ``filtered`` counts
+    restricted addresses removed from answers.
+    """
+
+    def __init__(self) -> None:
+        self.results: Counter[tuple[str, str]] = Counter()
+        self.added_count = 0
+        self.added_sum = 0.0
+        self.added_max = 0.0
+        self.filtered = 0
+
+    def query(self, policy: str, result: Result, added: float) -> None:
+        """A query of ``policy`` ended with ``result``; fenced added ``added`` seconds."""
+        self.results[(policy, result)] += 1
+        self.added_count += 1
+        self.added_sum += added
+        self.added_max = max(self.added_max, added)
+
+    def filtered_address(self, policy: str, name: str, ip: IPAddress) -> None:
+        """A restricted address ``ip`` was removed from an answer for ``name``."""
+        self.filtered += 1
+
+
+class _Limiter:
+    """Decides which repeated events get a log line (see the module text)."""
+
+    def __init__(self, rate: float = 5.0, burst: float = 20.0, names: int = 4096) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.stamp = time.monotonic()
+        self.held_back = 0
+        self.names = names
+        self.counts: OrderedDict[tuple[str, str], int] = OrderedDict()
+
+    def note(self, kind: str, name: str) -> tuple[int, int] | None:
+        """Count one event; ``(count, held_back)`` when it deserves a line, else None."""
+        key = (kind, name)
+        count = self.counts.pop(key, 0) + 1
+        self.counts[key] = count
+        while len(self.counts) > self.names:
+            self.counts.popitem(last=False)
+        if count != 1 and not _power_of_ten(count):
+            return None
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1.0:
+            self.held_back += 1
+            return None
+        self.tokens -= 1.0
+        held, self.held_back = self.held_back, 0
+        return count, held
+
+
+def _power_of_ten(n: int) -> bool:
+    while n >= 10 and n % 10 == 0:
+        n //= 10
+    return n == 1
+
+
+# ------------------------------------------------------------------------------ messages
+
+
+def _header_only(wire: bytes, rcode: int) -> bytes | None:
+    """A bare reply to an unparseable query: its ID and opcode, no sections.
+
+    None when ``wire`` is shorter than a header or is itself a response.
+    """
+    if len(wire) < _HEADER.size:
+        return None
+    ident, flags = struct.unpack_from("!HH", wire)
+    if flags & dns.flags.QR:
+        return None
+    flags = dns.flags.QR | (flags & (0x7800 | dns.flags.RD)) | (rcode & 0xF)
+    return _HEADER.pack(ident, flags, 0, 0, 0, 0)
+
+
+def _reply(query: dns.message.Message, rcode: int) -> dns.message.Message:
+    """An empty reply to ``query`` with ``rcode``, its question and EDNS echoed."""
+    reply = dns.message.make_response(query, recursion_available=True, our_payload=EDNS_PAYLOAD)
+    reply.set_rcode(dns.rcode.Rcode.make(rcode))
+    return reply
+
+
+def _chain(response: dns.message.Message, qname: dns.name.Name) -> list[dns.name.Name]:
+    """The names of the CNAME chain from ``qname`` in the answer section, ``qname`` first.
+
+    Stops at a loop or after :data:`~fenced.resolver.MAX_CHAIN` links.
+    """
+    names = [qname]
+    for _ in range(MAX_CHAIN):
+        rrset = response.get_rrset(
+            response.answer, names[-1], dns.rdataclass.IN, dns.rdatatype.CNAME
+        )
+        if rrset is None or len(rrset) == 0:
+            break
+        target = rrset[0].target
+        if target in names:
+            break
+        names.append(target)
+    return names
+
+
+@dataclass
+class _Filtered:
+    """An upstream answer with addresses sorted out."""
+
+    answer: list[dns.rrset.RRset]
+    authority: list[dns.rrset.RRset]
+    additional: list[dns.rrset.RRset]
+    chain: list[dns.rrset.RRset]
+    ips: tuple[IPAddress, ...]
+    ttl: int | None
+    removed: list[IPAddress]
+
+
+def _sort_out(
+    response: dns.message.Message, qname: dns.name.Name, allow_private: bool
+) -> _Filtered:
+    """Sort the addresses of ``response`` out.
+
+    Keeps the chain's addresses (restricted ones only with ``allow_private``), removes
+    every other address record, and notes the chain's smallest TTL.
+    """
+    names = _chain(response, qname)
+    on_chain = set(names)
+    answer: list[dns.rrset.RRset] = []
+    chain: list[dns.rrset.RRset] = []
+    ips: list[IPAddress] = []
+    removed: list[IPAddress] = []
+    ttl = math.inf
+    links = {n for n in names[:-1]}
+    for rrset in response.answer:
+        if rrset.rdclass == dns.rdataclass.IN and rrset.rdtype in _ADDRESS_TYPES:
+            if rrset.name not in on_chain:
+                continue
+            keep = []
+            for rd in rrset:
+                ip = _address(rd)
+                if ip is None:
+                    continue
+                if not allow_private and is_restricted(ip):
+                    removed.append(ip)
+                    continue
+                keep.append(rd)
+                if ip not in ips:
+                    ips.append(ip)
+            if not keep:
+                continue
+            kept = dns.rrset.from_rdata_list(rrset.name, rrset.ttl, keep)
+            answer.append(kept)
+            chain.append(kept)
+            ttl = min(ttl, rrset.ttl)
+        elif (
+            rrset.rdclass == dns.rdataclass.IN
+            and rrset.rdtype == dns.rdatatype.CNAME
+            and rrset.name in links
+        ):
+            answer.append(rrset)
+            chain.append(rrset)
+            ttl = min(ttl, rrset.ttl)
+        else:
+            answer.append(rrset)
+
+    def no_addresses(section: list[dns.rrset.RRset]) -> list[dns.rrset.RRset]:
+        return [r for r in section if r.rdtype not in _ADDRESS_TYPES]
+
+    return _Filtered(
+        answer=answer,
+        authority=no_addresses(response.authority),
+        additional=no_addresses(response.additional),
+        chain=chain,
+        ips=tuple(ips),
+        ttl=int(ttl) if ips else None,
+        removed=removed,
+    )
+
+
+def _address(rd: object) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(getattr(rd, "address", ""))
+    except ValueError:
+        return None
+
+
+# ------------------------------------------------------------------------------ server
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if self.transport is not None:
+            self.gateway._spawn_udp(self.transport, data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # an ICMP error for an earlier reply: nothing to do
+
+
+class Gateway:
+    """The DNS gateway of one policy (see the module text).
+
+    Listens on ``hosts`` (the first must bind; later ones, such as ``::1``, are skipped
+    with a warning when they cannot), UDP and TCP, all on ``port`` (0: a free port,
+    the same for every host and both protocols; read it from ``port`` after ``start``).
+    Forwards allowed questions to ``servers`` on ``upstream_port``. ``learn`` is awaited
+    with every answer's addresses before the answer is released (see :data:`LearnHook`).
+
+    Life cycle: ``await start()``; ``configure(...)`` on reload (same port: a new port
+    needs a new Gateway); ``await stop()``. ``handle(wire, transport)`` answers one
+    query without any socket (the listeners call it).
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        servers: Sequence[str | IPAddress],
+        learn: LearnHook,
+        port: int = 0,
+        hosts: Sequence[str] = ("127.0.0.1", "::1"),
+        upstream_port: int = 53,
+        max_ttl: int = 3600,
+        stats: GatewayStats | None = None,
+        logger: Logger = log,
+        timeout: float = 1.0,
+        budget: float = 2.0,
+        learn_timeout: float = 2.0,
+        tcp_idle: float = 10.0,
+        max_tcp: int = 64,
+        max_in_flight: int = 512,
+    ) -> None:
+        if not hosts:
+            raise ValueError("Gateway needs at least one host to listen on")
+        self.learn = learn
+        self.hosts = tuple(hosts)
+        self._port = port
+        self.upstream_port = upstream_port
+        self.stats = stats or GatewayStats()
+        self.log = logger
+        self.timeout = timeout
+        self.budget = budget
+        self.learn_timeout = learn_timeout
+        self.tcp_idle = tcp_idle
+        self.max_tcp = max(1, max_tcp)
+        self.max_in_flight = max(1, max_in_flight)
+        self.policy = policy
+        self.matcher = NameMatcher(policy.outbound)
+        self.servers: tuple[str, ...] = tuple(str(s) for s in servers)
+        self.max_ttl = max_ttl
+        self._limiter = _Limiter()
+        self._udp: list[asyncio.DatagramTransport] = []
+        self._tcp: list[asyncio.Server] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._connections: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def for_policy(
+        cls,
+        policy: Policy,
+        daemon: DaemonConfig,
+        *,
+        learn: LearnHook,
+        port: int,
+        hosts: Sequence[str] = ("127.0.0.1", "::1"),
+        stats: GatewayStats | None = None,
+        logger: Logger = log,
+    ) -> Gateway:
+        """A gateway for ``policy`` on ``port``, forwarding to ``daemon.resolvers``.
+
+        TTLs are capped at ``daemon.max_ttl``; other settings take their defaults.
+        """
+        return cls(
+            policy,
+            servers=daemon.resolvers,
+            learn=learn,
+            port=port,
+            hosts=hosts,
+            max_ttl=daemon.max_ttl,
+            stats=stats,
+            logger=logger,
+        )
+
+    # ------------------------------------------------------------------ life cycle
+    @property
+    def port(self) -> int:
+        """The port the gateway listens on (the bound one after ``start``)."""
+        return self._port
+
+    def configure(self, policy: Policy, daemon: DaemonConfig | None = None) -> None:
+        """Take a reloaded policy (and daemon settings); the port stays.
+
+        Entries, deny response, private guard, resolvers and ``max_ttl`` change for new
+        queries; queries in flight finish under the old ones.
+        """
+        self.policy = policy
+        self.matcher = NameMatcher(policy.outbound)
+        if daemon is not None:
+            self.servers = tuple(str(s) for s in daemon.resolvers)
+            self.max_ttl = daemon.max_ttl
+
+    async def start(self) -> None:
+        """Bind the listeners. Raises OSError when the first host cannot be bound."""
+        if self._udp or self._tcp:
+            raise RuntimeError("gateway already started")
+        loop = asyncio.get_running_loop()
+        first, *others = self.hosts
+        for attempt in range(20):
+            udp, _ = await loop.create_datagram_endpoint(
+                lambda: _Udp(self), local_addr=(first, self._port)
+            )
+            port = int(udp.get_extra_info("sockname")[1])
+            try:
+                tcp = await asyncio.start_server(self._tcp_client, first, port)
+            except OSError:
+                udp.close()
+                if self._port != 0 or attempt == 19:
+                    raise
+                continue
+            break
+        self._port = port
+        self._udp.append(udp)
+        self._tcp.append(tcp)
+        for host in others:
+            try:
+                more, _ = await loop.create_datagram_endpoint(
+                    lambda: _Udp(self), local_addr=(host, port)
+                )
+            except OSError as exc:
+                self.log.warning(
+                    "gateway_listen_failed", policy=self.policy.name, host=host, error=exc
+                )
+                continue
+            self._udp.append(more)
+            try:
+                self._tcp.append(await asyncio.start_server(self._tcp_client, host, port))
+            except OSError as exc:
+                self.log.warning(
+                    "gateway_listen_failed", policy=self.policy.name, host=host, error=exc
+                )
+        self.log.info(
+            "gateway_started",
+            policy=self.policy.name,
+            port=port,
+            hosts=[h for h in self.hosts],
+            servers=self.servers,
+        )
+
+    async def stop(self) -> None:
+        """Close the listeners and cancel queries and connections in flight."""
+        for udp in self._udp:
+            udp.close()
+        for srv in self._tcp:
+            srv.close()
+        tasks = [*self._tasks, *self._connections]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        for srv in self._tcp:
+            with contextlib.suppress(Exception):
+                await srv.wait_closed()
+        self._udp.clear()
+        self._tcp.clear()
+
+    # ------------------------------------------------------------------ sockets
+    def _spawn_udp(
+        self, transport: asyncio.DatagramTransport, data: bytes, addr: tuple[str | int, ...]
+    ) -> None:
+        if len(self._tasks) >= self.max_in_flight:
+            self.stats.query(self.policy.name, "dropped", 0.0)
+            self._note("warning", "gateway_overloaded", None, in_flight=len(self._tasks))
+            return
+        task = asyncio.create_task(self._udp_one(transport, data, addr))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _udp_one(
+        self, transport: asyncio.DatagramTransport, data: bytes, addr: tuple[str | int, ...]
+    ) -> None:
+        reply = await self.handle(data, "udp")
+        if reply is not None and not transport.is_closing():
+            transport.sendto(reply, addr)
+
+    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if len(self._connections) >= self.max_tcp or task is None:
+            self._note("warning", "gateway_tcp_full", None, connections=len(self._connections))
+            writer.close()
+            return
+        self._connections.add(task)
+        try:
+            while True:
+                head = await asyncio.wait_for(reader.readexactly(2), self.tcp_idle)
+                (size,) = struct.unpack("!H", head)
+                if size == 0:
+                    break
+                wire = await asyncio.wait_for(reader.readexactly(size), self.tcp_idle)
+                reply = await self.handle(wire, "tcp")
+                if reply is None:
+                    break
+                writer.write(struct.pack("!H", len(reply)) + reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+            pass
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    # ------------------------------------------------------------------ queries
+    async def handle(self, wire: bytes, transport: Transport) -> bytes | None:
+        """The reply to one query message ``wire``; None means send nothing.
+
+        Never raises (except CancelledError); counts the result and the time fenced
+        added (see ``GatewayStats.query``).
+        """
+        start = time.monotonic()
+        upstream = [0.0]
+        result: Result = "servfail"
+        reply: bytes | None = None
+        try:
+            result, reply = await self._answer(wire, transport, upstream)
+        except Exception as exc:  # a bug: answer SERVFAIL and go on
+            self.log.error(
+                "gateway_error", policy=self.policy.name, error=f"{type(exc).__name__}: {exc}"
+            )
+            result = "servfail"
+            reply = _header_only(wire, dns.rcode.SERVFAIL)
+        added = max(0.0, time.monotonic() - start - upstream[0])
+        self.stats.query(self.policy.name, result, added)
+        return reply
+
+    async def _answer(
+        self, wire: bytes, transport: Transport, upstream: list[float]
+    ) -> tuple[Result, bytes | None]:
+        try:
+            query = dns.message.from_wire(wire)
+        except Exception as exc:
+            bare = _header_only(wire, dns.rcode.FORMERR)
+            self._note("info", "gateway_malformed", None, error=f"{type(exc).__name__}: {exc}")
+            return ("formerr" if bare is not None else "dropped"), bare
+        if query.flags & dns.flags.QR:
+            return "dropped", None
+        if query.opcode() != dns.opcode.QUERY:
+            return "notimp", _reply(query, dns.rcode.NOTIMP).to_wire(max_size=512)
+        if len(query.question) != 1:
+            return "formerr", _reply(query, dns.rcode.FORMERR).to_wire(max_size=512)
+        question = query.question[0]
+        if question.rdclass != dns.rdataclass.IN or (
+            question.rdtype in _REFUSED_TYPES
+            or (dns.rdatatype.is_metatype(question.rdtype) and question.rdtype != dns.rdatatype.ANY)
+        ):
+            return "refused", self._wire(_reply(query, dns.rcode.REFUSED), query, transport)
+        qname = question.name
+        name = qname.to_text(omit_final_dot=True).lower()
+        qtype = dns.rdatatype.to_text(question.rdtype)
+        policy = self.policy
+        targets = self.matcher.match(qname)
+        if not targets:
+            rcode = dns.rcode.REFUSED if policy.deny_response == "refused" else dns.rcode.NXDOMAIN
+            self._note("info", "gateway_denied", name, qtype=qtype)
+            return "denied", self._wire(_reply(query, rcode), query, transport)
+
+        outgoing = dns.message.make_query(
+            qname,
+            question.rdtype,
+            question.rdclass,
+            use_edns=0,
+            payload=EDNS_PAYLOAD,
+            want_dnssec=bool(query.ednsflags & dns.flags.DO),
+        )
+        outgoing.flags = dns.flags.Flag(int(query.flags) & int(_FORWARDED_FLAGS))
+        got = await forward(
+            outgoing,
+            self.servers,
+            port=self.upstream_port,
+            timeout=self.timeout,
+            budget=self.budget,
+        )
+        upstream[0] = got.upstream
+        response = got.response
+        if response is None:
+            self._note("warning", "gateway_upstream_failed", name, qtype=qtype, error=got.detail)
+            return "servfail", self._wire(_reply(query, dns.rcode.SERVFAIL), query, transport)
+
+        sorted_out = _sort_out(response, qname, policy.allow_private)
+        for ip in sorted_out.removed:
+            self.stats.filtered_address(policy.name, name, ip)
+            self._note("info", "gateway_private_removed", name, key=f"{name} {ip}", ip=ip)
+        if sorted_out.ips and sorted_out.ttl is not None:
+            try:
+                await asyncio.wait_for(
+                    self.learn(policy.name, name, targets, sorted_out.ips, sorted_out.ttl),
+                    self.learn_timeout,
+                )
+            except Exception as exc:
+                self._note(
+                    "warning",
+                    "gateway_learn_failed",
+                    name,
+                    ips=sorted_out.ips,
+                    error=f"{type(exc).__name__}: {exc}".rstrip(": "),
+                )
+                return "learn_failed", self._wire(
+                    _reply(query, dns.rcode.SERVFAIL), query, transport
+                )
+            cap = min(sorted_out.ttl, self.max_ttl)
+            for rrset in sorted_out.chain:
+                rrset.ttl = min(rrset.ttl, cap)
+
+        reply = _reply(query, response.rcode())
+        reply.flags |= response.flags & _UPSTREAM_FLAGS
+        if query.edns >= 0 and response.ednsflags & dns.flags.DO:
+            reply.want_dnssec(True)
+        reply.answer = sorted_out.answer
+        reply.authority = sorted_out.authority
+        reply.additional = sorted_out.additional
+        return "allowed", self._wire(reply, query, transport)
+
+    def _wire(
+        self, reply: dns.message.Message, query: dns.message.Message, transport: Transport
+    ) -> bytes:
+        """``reply`` as bytes, or an empty TC=1 reply when it is too big for UDP."""
+        limit = 65535
+        if transport == "udp":
+            limit = max(512, query.payload) if query.edns >= 0 else 512
+        try:
+            return reply.to_wire(max_size=limit)
+        except dns.exception.TooBig:
+            short = _reply(query, reply.rcode())
+            short.flags |= dns.flags.TC | (reply.flags & _UPSTREAM_FLAGS)
+            return short.to_wire(max_size=limit)
+
+    def _note(
+        self, level: str, event: str, name: str | None, key: str | None = None, **fields: object
+    ) -> None:
+        """Log an event of this gateway, rate-limited per (event, ``key`` or ``name``)."""
+        verdict = self._limiter.note(event, key if key is not None else name or "")
+        if verdict is None:
+            return
+        count, held = verdict
+        self.log.log(
+            level,
+            event,
+            policy=self.policy.name,
+            name=name,
+            **fields,
+            count=count if count > 1 else None,
+            held_back=held or None,
+        )
