@@ -11,7 +11,9 @@ so one ``Gateway`` serves one policy. For each query it:
   types;
 * answers ``NXDOMAIN`` (or ``REFUSED``, per the policy's ``deny_response``) to a name no
   outbound entry allows, with the question echoed, without asking upstream: whatever
-  the type, so a TXT or NULL query cannot tunnel data out through a resolver;
+  the type, so a TXT or NULL query cannot tunnel data out through a resolver. A policy
+  in audit mode logs and counts such a query the same way, then forwards it and returns
+  the answer untouched (nothing is learned: the policy drops nothing anyway);
 * forwards a question for an allowed name to the resolvers with a fresh random ID
   (:func:`fenced.resolver.forward`: UDP with EDNS, TCP on truncation, next server on
   failure, about 2 s in all), keeping the client's RD, CD and AD bits and its DO bit;
@@ -88,6 +90,8 @@ __all__ = [
 #:
 #: * ``allowed``: forwarded, and the upstream answer (NOERROR or NXDOMAIN) returned;
 #: * ``denied``: the name is not allowed; NXDOMAIN or REFUSED returned;
+#: * ``audit_denied``: the name is not allowed but the policy is in audit mode: logged
+#:   like a denial, then forwarded and the answer returned as is, nothing learned;
 #: * ``servfail``: no resolver gave a usable answer in time; SERVFAIL returned;
 #: * ``learn_failed``: the ``learn`` hook raised or timed out; SERVFAIL returned;
 #: * ``formerr``: malformed, or not exactly one question; FORMERR returned;
@@ -96,7 +100,15 @@ __all__ = [
 #: * ``dropped``: no reply at all (unparseable header, a response sent to the gateway,
 #:   too many queries in flight).
 Result = Literal[
-    "allowed", "denied", "servfail", "learn_failed", "formerr", "refused", "notimp", "dropped"
+    "allowed",
+    "denied",
+    "audit_denied",
+    "servfail",
+    "learn_failed",
+    "formerr",
+    "refused",
+    "notimp",
+    "dropped",
 ]
 
 #: How a query reached the gateway.
@@ -657,10 +669,14 @@ class Gateway:
         qtype = dns.rdatatype.to_text(question.rdtype)
         policy = self.policy
         targets = self.matcher.match(qname)
+        audit = not targets and policy.mode == "audit"
         if not targets:
-            rcode = dns.rcode.REFUSED if policy.deny_response == "refused" else dns.rcode.NXDOMAIN
-            self._note("info", "gateway_denied", name, qtype=qtype)
-            return "denied", self._wire(_reply(query, rcode), query, transport)
+            self._note("info", "gateway_denied", name, qtype=qtype, audit=audit or None)
+            if not audit:
+                rcode = (
+                    dns.rcode.REFUSED if policy.deny_response == "refused" else dns.rcode.NXDOMAIN
+                )
+                return "denied", self._wire(_reply(query, rcode), query, transport)
 
         outgoing = dns.message.make_query(
             qname,
@@ -683,6 +699,16 @@ class Gateway:
         if response is None:
             self._note("warning", "gateway_upstream_failed", name, qtype=qtype, error=got.detail)
             return "servfail", self._wire(_reply(query, dns.rcode.SERVFAIL), query, transport)
+
+        if audit:
+            reply = _reply(query, response.rcode())
+            reply.flags |= response.flags & _UPSTREAM_FLAGS
+            if query.edns >= 0 and response.ednsflags & dns.flags.DO:
+                reply.want_dnssec(True)
+            reply.answer = response.answer
+            reply.authority = response.authority
+            reply.additional = response.additional
+            return "audit_denied", self._wire(reply, query, transport)
 
         sorted_out = _sort_out(response, qname, policy.allow_private)
         for ip in sorted_out.removed:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import socket
 import struct
@@ -307,9 +308,9 @@ async def test_chain_learned_before_reply() -> None:
         async with running(policy, up, learner) as gw:
             reply = await ask(gw, "www.example.com")
             received = time.monotonic()
-    assert learner.calls == [
-        ("web", "www.example.com", policy.outbound, ips("192.0.2.1", "192.0.2.2"), 120)
-    ]
+    [(name, qname, targets, learned, ttl)] = learner.calls
+    assert (name, qname, targets, ttl) == ("web", "www.example.com", policy.outbound, 120)
+    assert sorted(learned) == sorted(ips("192.0.2.1", "192.0.2.2"))
     assert learner.done_at and received >= learner.done_at[0]
     assert reply.rcode() == dns.rcode.NOERROR
     assert addresses(reply) == {"192.0.2.1", "192.0.2.2"}
@@ -351,6 +352,22 @@ async def test_denied_name_never_reaches_upstream(deny: str, rcode: dns.rcode.Rc
     assert up.queries == []
     assert learner.calls == []
     assert stats.results[("web", "denied")] == 1
+
+
+async def test_audit_mode_forwards_denied_names() -> None:
+    """In audit mode a denied name is counted as audit_denied, forwarded, and not learned."""
+    async with upstream_server() as up:
+        up.answers[("b.example.com", "A")] = Canned(
+            answer=[("b.example.com", 60, "A", "192.0.2.2")]
+        )
+        learner = Learner()
+        stats = GatewayStats()
+        policy = dataclasses.replace(make_policy("a.example.com"), mode="audit")
+        async with running(policy, up, learner, stats=stats) as gw:
+            reply = await ask(gw, "b.example.com")
+    assert addresses(reply) == {"192.0.2.2"}
+    assert learner.calls == []
+    assert stats.results[("web", "audit_denied")] == 1
 
 
 async def test_txt_of_denied_name_never_reaches_upstream() -> None:
