@@ -118,6 +118,8 @@ Transport = Literal["udp", "tcp"]
 #: ``targets`` (the outbound entries that allow ``qname``; their ports), kept for ``ttl``
 #: (the chain's smallest TTL, not yet raised to ``min_ttl`` or lowered to ``max_ttl``)
 #: plus grace. Must return only once the kernel holds them, and raise if it could not.
+#: The gateway waits at most ``learn_timeout`` seconds (then answers SERVFAIL) but never
+#: cancels the hook: it runs to its end in the background.
 LearnHook = Callable[[str, str, tuple[Target, ...], tuple[IPAddress, ...], int], Awaitable[None]]
 
 _ADDRESS_TYPES = frozenset((dns.rdatatype.A, dns.rdatatype.AAAA))
@@ -716,8 +718,11 @@ class Gateway:
             self._note("info", "gateway_private_removed", name, key=f"{name} {ip}", ip=ip)
         if sorted_out.ips and sorted_out.ttl is not None:
             try:
+                # Shielded: a slow write is not cancelled half-way, only no longer awaited.
                 await asyncio.wait_for(
-                    self.learn(policy.name, name, targets, sorted_out.ips, sorted_out.ttl),
+                    asyncio.shield(
+                        self.learn(policy.name, name, targets, sorted_out.ips, sorted_out.ttl)
+                    ),
                     self.learn_timeout,
                 )
             except Exception as exc:

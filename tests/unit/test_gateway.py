@@ -207,6 +207,7 @@ async def running(
     upstream_port: int | None = None,
     max_ttl: int = 3600,
     stats: GatewayStats | None = None,
+    learn_timeout: float = 2.0,
 ) -> AsyncIterator[Gateway]:
     """A started Gateway on 127.0.0.1 (free port) forwarding to ``up``."""
     gw = Gateway(
@@ -217,6 +218,7 @@ async def running(
         upstream_port=up.port if upstream_port is None else upstream_port,
         max_ttl=max_ttl,
         stats=stats,
+        learn_timeout=learn_timeout,
     )
     await gw.start()
     try:
@@ -492,6 +494,22 @@ async def test_learn_failure_gives_servfail() -> None:
     assert reply.rcode() == dns.rcode.SERVFAIL
     assert addresses(reply) == set()
     assert stats.results[("web", "learn_failed")] == 1
+
+
+async def test_slow_learn_gives_servfail_without_cancelling_it() -> None:
+    """A learn hook slower than learn_timeout means SERVFAIL; the hook still runs to its end."""
+    async with upstream_server() as up:
+        up.answers[("a.example.com", "A")] = Canned(
+            answer=[("a.example.com", 60, "A", "192.0.2.1")]
+        )
+        learner = Learner(delay=0.5)
+        policy = make_policy("a.example.com")
+        async with running(policy, up, learner, learn_timeout=0.1) as gw:
+            reply = await ask(gw, "a.example.com")
+            await asyncio.sleep(0.6)
+    assert reply.rcode() == dns.rcode.SERVFAIL
+    assert addresses(reply) == set()
+    assert len(learner.done_at) == 1
 
 
 async def test_upstream_down_gives_servfail_quickly() -> None:
