@@ -229,9 +229,14 @@ SourceKey = str | Adopted
 
 
 def targets_for(config: Config, lay: Layout) -> dict[str, tuple[SetTarget, ...]]:
-    """For each domain of ``config``, the sets its addresses go in (all policies)."""
+    """For each exact domain of ``config``, the sets its addresses go in (all policies).
+
+    Wildcards (``*.example.com``) are left out: they cannot be resolved ahead of time
+    (a literal query for ``*.example.com`` would even match a wildcard record); their
+    addresses come only from the DNS gateway.
+    """
     allow = {p.name: p.allow_private for p in config.policies}
-    domains = sorted({d for ds in lay.domain_sets for d in ds.domains})
+    domains = sorted({d for ds in lay.domain_sets for d in ds.domains if not d.startswith("*.")})
     return {
         d: tuple(
             SetTarget(ds.name, ds.family, allow.get(ds.policy, False)) for ds in lay.sets_for(d)

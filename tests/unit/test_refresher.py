@@ -512,6 +512,25 @@ async def test_slow_name_does_not_delay_others() -> None:
         assert r.ref.status()["slow.test"].last_status == "timeout"
 
 
+async def test_targets_leave_wildcards_out() -> None:
+    """targets_for never hands the refresher a wildcard to resolve."""
+    spec = PortSpec(("tcp",))
+    cfg = Config(
+        DaemonConfig(),
+        (
+            Policy(
+                "p1",
+                uids=(1,),
+                outbound=(
+                    Target("*.w.test", spec, domain="*.w.test"),
+                    Target("a.test", spec, domain="a.test"),
+                ),
+            ),
+        ),
+    )
+    assert list(targets_for(cfg, layout(cfg))) == ["a.test"]
+
+
 async def test_targets_from_layout() -> None:
     """targets_for maps each domain to the sets of every policy listing it."""
     spec = PortSpec(("tcp",))
