@@ -9,7 +9,6 @@ Every firewall change goes through one lock, so the kernel sees them in a known 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 import time
@@ -25,7 +24,15 @@ from fenced.http import HttpServer
 from fenced.log import Logger, log
 from fenced.metrics import Metrics, MetricsStats, TimedFirewall, TimedResolver
 from fenced.model import Config
-from fenced.netlink import Element, NftMonitor, SetOp, Verdict, cgroup_key
+from fenced.netlink import (
+    OWN_PORTIDS,
+    Commit,
+    Element,
+    NftMonitor,
+    SetOp,
+    Verdict,
+    cgroup_key,
+)
 from fenced.notify import Notifier
 from fenced.refresher import Refresher, targets_for
 from fenced.resolver import DnsResolver, Resolver
@@ -308,7 +315,7 @@ class Daemon:
             self.log.error("monitor_failed", error=str(exc))
             commits = []
             self._monitor.overrun = True
-        foreign = [c for c in commits if c.changes and not _is_own(c.pid)]
+        foreign = [c for c in commits if c.changes and not _is_own(c)]
         for c in foreign:
             self.log.warning(
                 "table_tampered",
@@ -469,12 +476,15 @@ class Daemon:
         self.metrics.update_denied([p.name for p in cfg.policies], counters)
 
 
-def _is_own(pid: int) -> bool:
-    """Whether a committing task id is this process (any of its threads) or its nft runs.
+def _is_own(commit: Commit) -> bool:
+    """Whether a commit came from fenced: its netlink sockets or the nft runs it started.
 
-    The kernel names the committing *task* (a thread id for writes from a worker thread).
+    Judged by the committing socket's netlink port, which the kernel numbers from the
+    process id *as the committer's PID namespace sees it*, so this holds in a container
+    with its own PID namespace too (the commit's ``pid`` is the initial namespace's, and
+    names a thread when a worker thread wrote).
     """
-    return pid == os.getpid() or pid in OWN_NFT_PIDS or os.path.exists(f"/proc/self/task/{pid}")
+    return commit.portid in OWN_PORTIDS or commit.portid in OWN_NFT_PIDS
 
 
 def default_resolver(cfg: Config) -> Resolver:

@@ -785,6 +785,11 @@ def _socket_in_netns(netns_path: str) -> socket.socket:
 # ==========================================================================================
 
 
+#: Netlink port ids of the NftNetlink sockets this process opened: commits from them are
+#: fenced's own (change notifications name the committing socket's port).
+OWN_PORTIDS: set[int] = set()
+
+
 class NftNetlink:
     """One NETLINK_NETFILTER socket for set and map elements.
 
@@ -808,6 +813,7 @@ class NftNetlink:
             sock = _socket_in_netns(netns_path)
         try:
             sock.bind((0, 0))  # port id 0: the kernel assigns one
+            OWN_PORTIDS.add(sock.getsockname()[0])
             sock.setblocking(False)
             for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK):
                 # Old kernels lack these: acks are then bigger and errors name no element.
@@ -1209,14 +1215,18 @@ class Commit:
     """One committed nf_tables transaction as notifications describe it.
 
     ``generation`` is the ruleset generation it produced, ``pid`` and ``process`` who
-    committed it, ``changes`` counts the messages by type name (``DELRULE``,
-    ``DELSETELEM``, ...) that concerned the watched table.
+    committed it (``pid`` as the initial PID namespace numbers it), ``portid`` the
+    netlink port of the committing socket (for sockets bound to port 0 the kernel takes
+    the process id as the committer's own PID namespace numbers it), ``changes`` counts
+    the messages by type name (``DELRULE``, ``DELSETELEM``, ...) that concerned the
+    watched table.
     """
 
     generation: int
     pid: int
     process: str
     changes: Mapping[str, int]
+    portid: int = 0
 
 
 class CommitParser:
@@ -1239,7 +1249,7 @@ class CommitParser:
         commits: list[Commit] = []
         off = 0
         while off + _NLMSGHDR.size <= len(data):
-            length, mtype, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, off)
+            length, mtype, _flags, _seq, portid = _NLMSGHDR.unpack_from(data, off)
             if length < _NLMSGHDR.size or off + length > len(data):
                 break
             if mtype >> 8 == NFNL_SUBSYS_NFTABLES and length >= _NLMSGHDR.size + 4:
@@ -1255,6 +1265,7 @@ class CommitParser:
                             .rstrip(b"\0")
                             .decode(errors="replace"),
                             changes=dict(self._pending),
+                            portid=portid,
                         )
                     )
                     self._pending.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests.bed import constants as C
@@ -75,10 +76,19 @@ class Fenced:
         p.write_text(text)
         return p
 
-    def start(self, *, wait: bool = True, env: dict[str, str] | None = None) -> Fenced:
-        """Start ``fenced run`` as root in the client namespace (``env``: extra variables)."""
+    def start(
+        self,
+        *,
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+        wrapper: Sequence[str] = (),
+    ) -> Fenced:
+        """Start ``fenced run`` as root in the client namespace.
+
+        ``env``: extra variables; ``wrapper``: a command prefix (e.g. ``unshare --pid``).
+        """
         self.proc = self.bed.spawn(
-            [sys.executable, "-m", "fenced", "run", "-c", str(self.path)],
+            [*wrapper, sys.executable, "-m", "fenced", "run", "-c", str(self.path)],
             ns="client",
             stdin=False,
             label="fenced",

@@ -79,6 +79,20 @@ def test_own_writes_are_not_taken_for_tampering(bed: Bed) -> None:
     assert fenced.count("event=table_repaired") == 0
 
 
+def test_own_writes_are_recognised_in_a_pid_namespace(bed: Bed) -> None:
+    """In its own PID namespace (a container) fenced still knows its writes; tampering is seen."""
+    bed.dns.set("api.example.com", "A", [IP_A], ttl=1)
+    fenced = Fenced(bed, _config()).start(wrapper=["unshare", "--pid", "--fork", "--mount-proc"])
+    eventually(lambda: tcp(bed, IP_A) == "connected", 2.0, "allowed name reachable")
+    time.sleep(2.5)  # a few refreshes (TTL 1 s) write the set
+    assert fenced.count("event=table_tampered") == 0
+    bed.nft("flush table inet fenced")
+    fenced.wait_log("event=table_repaired", timeout=5.0)
+    time.sleep(1.0)
+    assert fenced.count("event=table_repaired") == 1
+    assert tcp(bed, DENIED) == "refused"
+
+
 def test_sigkill_then_restart_never_opens_and_keeps_allowed(bed: Bed) -> None:
     """After SIGKILL confined probes stay refused, allowed addresses and live flows keep working."""
     fenced = _running(bed, on_exit="keep", grace=30)
