@@ -1,13 +1,12 @@
 # fenced in a container. See "Docker" in README.md for how to run it; in short:
 #
 #   docker build -t fenced .
-#   docker run -d --name fenced --network host --pid host \
+#   docker run -d --name fenced --network host \
 #       --cap-drop ALL --cap-add NET_ADMIN --cap-add NET_BIND_SERVICE \
 #       -v /etc/fenced:/etc/fenced:ro fenced
 #
 # It must share the host's network namespace (--network host): that is where the rules
-# it installs have to be; and, for now, the host's PID namespace (--pid host), so that it
-# recognizes its own changes to its table by the pids the kernel reports. It needs
+# it installs have to be. It needs
 # CAP_NET_ADMIN (netlink to nf_tables, nft), which Docker does not grant by default,
 # and CAP_NET_BIND_SERVICE for its DNS listener.
 
