@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import struct
@@ -44,6 +45,10 @@ import dns.rrset
 from tests.bed.zone import DEFAULT_NEGATIVE_TTL, empty_zone
 
 MAX_CHAIN = 8
+#: Malformed or hostile answers a zone can ask for (``Zone.garbage``).
+GARBAGE_MODES = ("random", "truncated", "bad_rdata", "cname_loop", "other_name", "wrong_id")
+#: The address ``other_name`` garbage offers for a name the query did not ask about.
+GARBAGE_OTHER_ADDRESS = "203.0.113.10"
 SOA_TEXT = "ns.bed. hostmaster.bed. 1 3600 600 86400 {minimum}"
 
 
@@ -152,10 +157,51 @@ class Server:
             if rr.rdtype == dns.rdatatype.A:
                 r.answer.append(_rrset(rr.name.to_text(omit_final_dot=True), "A", 60, [self.rogue]))
         else:
+            mode = self._garbage_mode(q)
+            if mode is not None:
+                return await self._garbage(q, r, mode, transport)
             silent = await self._from_zone(q, r)
             if silent:
                 return None
         return self._render(q, r, transport)
+
+    def _garbage_mode(self, q: dns.message.Message) -> str | None:
+        garbage = self.zone.current().get("garbage") or {}
+        name = q.question[0].name.to_text(omit_final_dot=True).lower()
+        mode = garbage.get(name)
+        return str(mode) if mode is not None else None
+
+    async def _garbage(
+        self, q: dns.message.Message, r: dns.message.Message, mode: str, transport: str
+    ) -> bytes:
+        """A malformed or hostile answer to ``q`` (see ``Zone.garbage``)."""
+        rr = q.question[0]
+        name = rr.name.to_text(omit_final_dot=True)
+        if mode == "random":
+            return q.id.to_bytes(2, "big") + b"\x81\x80" + os.urandom(secrets.randbelow(200) + 1)
+        if mode == "bad_rdata":
+            head = struct.pack("!HHHHHH", q.id, 0x8180, 1, 1, 0, 0)
+            question = q.to_wire()[12:]
+            if q.edns >= 0:  # drop the OPT record: only the question follows the header
+                question = question[: len(rr.name.to_wire() or b"") + 4]
+            answer = struct.pack("!HHHIH", 0xC00C, 1, 1, 60, 5) + b"\xc6\x33\x64\x0a\x00"
+            return head + question + answer
+        if mode == "cname_loop":
+            loop = f"loop.{name}"
+            r.answer.append(_rrset(name, "CNAME", 60, [loop]))
+            r.answer.append(_rrset(loop, "CNAME", 60, [name]))
+            return self._render(q, r, transport)
+        if mode == "other_name":
+            if rr.rdtype == dns.rdatatype.A:
+                r.answer.append(_rrset(f"other.{name}", "A", 60, [GARBAGE_OTHER_ADDRESS]))
+            return self._render(q, r, transport)
+        await self._from_zone(q, r)
+        wire = self._render(q, r, transport)
+        if mode == "truncated":
+            return wire[: max(len(wire) // 2, 13)]
+        if mode == "wrong_id":
+            return ((q.id + 1) & 0xFFFF).to_bytes(2, "big") + wire[2:]
+        raise ValueError(f"unknown garbage mode {mode!r} (one of {GARBAGE_MODES})")
 
     async def _from_zone(self, q: dns.message.Message, r: dns.message.Message) -> bool:
         """Fill ``r`` from the zone; return True if the query must not be answered."""

@@ -7,7 +7,7 @@ atomic (a rename), so a change is visible to the very next query. The JSON forma
     {"records": {NAME: {RTYPE: {"ttl": INT, "values": [STR, ...]}}},
      "rotate": {NAME: {RTYPE: {"ttl": INT, "pool": [STR, ...], "per_query": INT}}},
      "servfail": [NAME, ...], "drop": [NAME, ...], "delay": {NAME: SECONDS},
-     "blackhole": BOOL, "negative_ttl": INT}
+     "blackhole": BOOL, "negative_ttl": INT, "garbage": {NAME: MODE}}
 
 Names are stored in lower case without the trailing dot. The server appends one JSON line
 per query received to a log file, read by ``queries()``.
@@ -51,6 +51,7 @@ def empty_zone() -> dict[str, Any]:
         "delay": {},
         "blackhole": False,
         "negative_ttl": DEFAULT_NEGATIVE_TTL,
+        "garbage": {},
     }
 
 
@@ -301,6 +302,23 @@ class Zone(QueryLog):
             self._data["delay"][n] = float(seconds)
         else:
             self._data["delay"].pop(n, None)
+        self._write()
+
+    def garbage(self, name: str, mode: str | None) -> None:
+        """Answer queries for ``name`` with a malformed or hostile message (None: normal).
+
+        Modes (see ``tests.bed.dnsserver.GARBAGE_MODES``): ``random`` (the query id, then
+        random bytes), ``truncated`` (the real answer cut in half), ``bad_rdata`` (an A
+        record whose data is 5 bytes long), ``cname_loop`` (name -> loop.NAME -> name),
+        ``other_name`` (A records of another owner, 203.0.113.10, and none for the name),
+        ``wrong_id`` (the real answer with another message id).
+        """
+        n = normalize(name)
+        garbage: dict[str, str] = self._data.setdefault("garbage", {})
+        if mode is None:
+            garbage.pop(n, None)
+        else:
+            garbage[n] = mode
         self._write()
 
     def blackhole(self, on: bool = True) -> None:
