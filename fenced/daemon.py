@@ -20,10 +20,11 @@ from fenced import config as config_mod
 from fenced.cgroups import CgroupWatcher, find_cgroup2_mount
 from fenced.errors import ConfigError, FencedError, FirewallError, SystemCheckError
 from fenced.firewall import OWN_NFT_PIDS, Firewall
+from fenced.gateway import Gateway, GatewayStats, Result
 from fenced.http import HttpServer
 from fenced.log import Logger, log
 from fenced.metrics import Metrics, MetricsStats, TimedFirewall, TimedResolver
-from fenced.model import Config
+from fenced.model import Config, IPAddress, Target
 from fenced.netlink import (
     OWN_PORTIDS,
     Commit,
@@ -34,7 +35,8 @@ from fenced.netlink import (
     cgroup_key,
 )
 from fenced.notify import Notifier
-from fenced.refresher import Refresher, targets_for
+from fenced.planner import SetTarget
+from fenced.refresher import Learned, Refresher, all_set_targets, targets_for
 from fenced.resolver import DnsResolver, Resolver
 from fenced.ruleset import Layout, cgroup_elements, delete_chains_script, layout, script
 from fenced.status import build_status
@@ -121,6 +123,7 @@ class Daemon:
             base(cfg), self.metrics
         )
         self.refresher: Refresher | None = None
+        self.gateways: dict[str, Gateway] = {}
         self._monitor_factory = monitor_factory
         self._monitor: NftMonitor | None = None
         self._repair_due = False
@@ -145,6 +148,7 @@ class Daemon:
             # Bind first: a taken port fails start-up before the table is touched.
             self.http = HttpServer(cfg.daemon.listen, self, self.metrics, logger=self.log)
             await self.http.start()
+        await self._start_gateways(cfg)
         await self._apply(cfg)
         assert self.layout is not None
         self.refresher = Refresher(
@@ -153,7 +157,9 @@ class Daemon:
             lock=self._fw_lock,
             stats=MetricsStats(self.metrics),
         )
-        await self.refresher.start(cfg.daemon, targets_for(cfg, self.layout))
+        await self.refresher.start(
+            cfg.daemon, targets_for(cfg, self.layout), all_set_targets(cfg, self.layout)
+        )
         self._watch_table(cfg.daemon.table)
         await self._first_resolutions()
         self.state.last_reload = "ok"
@@ -224,15 +230,21 @@ class Daemon:
             self.notifier.ready_after_reload()
 
     async def _reload(self) -> bool:
+        started: list[str] = []
         try:
             cfg = self.loader(self.config_path)
             old = self.config
+            started = await self._start_gateways(cfg)
             await self._apply(cfg)
+            started = []
+            await self._retire_gateways(cfg)
             assert self.layout is not None
             if self.refresher is not None:
                 if old is None or old.daemon.resolvers != cfg.daemon.resolvers:
                     self.refresher.resolver = self._resolver_factory(cfg)
-                await self.refresher.configure(cfg.daemon, targets_for(cfg, self.layout))
+                await self.refresher.configure(
+                    cfg.daemon, targets_for(cfg, self.layout), all_set_targets(cfg, self.layout)
+                )
             if old is None or old.daemon.table != cfg.daemon.table:
                 self._watch_table(cfg.daemon.table)
         except ConfigError as exc:
@@ -240,10 +252,13 @@ class Daemon:
             for p in exc.problems:
                 self.log.error("config_invalid", problem=str(p))
             return False
-        except FencedError as exc:
+        except (FencedError, OSError) as exc:
             self._reload_failed(exc)
             self.log.error("reload_failed", error=str(exc))
             return False
+        finally:
+            for name in started:  # the new ruleset never went in: its gateways go too
+                await self.gateways.pop(name).stop()
         self.state.last_reload = "ok"
         self.state.last_reload_time = time.time()
         self.state.last_reload_error = None
@@ -271,6 +286,9 @@ class Daemon:
         if self.http is not None:
             await self.http.stop()
             self.http = None
+        for gw in self.gateways.values():
+            await gw.stop()
+        self.gateways.clear()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
@@ -364,7 +382,10 @@ class Daemon:
                             if e.verdict is not None and e.verdict.chain is not None:
                                 referenced.add(e.verdict.chain)
             stale_kept = referenced - set(lay.chains)
-            await self.fw.install(script(cfg, lay, existing, keep_chains=stale_kept))
+            ports = {name: gw.port for name, gw in self.gateways.items()}
+            await self.fw.install(
+                script(cfg, lay, existing, keep_chains=stale_kept, gateway_ports=ports)
+            )
             self.config, self.layout = cfg, lay
             self.state.installed = True
             if not repair:
@@ -444,6 +465,73 @@ class Daemon:
                 shown = now_id if now_id is not None else "absent"
                 self.log.info("cgroup_bound", cgroup=path, id=shown)
 
+    # ------------------------------------------------------------------ DNS gateway
+    async def _start_gateways(self, cfg: Config) -> list[str]:
+        """Start a listener for each gateway policy that has none; return their names.
+
+        Listeners come before the ruleset that redirects to them, so no query meets a
+        closed port. Kept policies keep their port (and get the new policy on success).
+        """
+        servers = tuple(str(r) for r in cfg.daemon.resolvers) or DnsResolver.from_system().servers
+        started: list[str] = []
+        try:
+            for policy in cfg.policies:
+                if policy.dns != "gateway" or policy.name in self.gateways:
+                    continue
+                gw = Gateway(
+                    policy,
+                    servers=servers,
+                    learn=self._learn,
+                    port=0,
+                    max_ttl=cfg.daemon.max_ttl,
+                    stats=_GatewayMetrics(self.metrics),
+                    logger=self.log,
+                )
+                await gw.start()
+                self.gateways[policy.name] = gw
+                started.append(policy.name)
+                self.log.info("gateway_listening", policy=policy.name, port=gw.port)
+        except OSError:
+            for name in started:
+                await self.gateways.pop(name).stop()
+            raise
+        return started
+
+    async def _retire_gateways(self, cfg: Config) -> None:
+        """After a reload went in: reconfigure kept gateways, stop those no longer wanted."""
+        servers = tuple(str(r) for r in cfg.daemon.resolvers) or DnsResolver.from_system().servers
+        wanted = {p.name: p for p in cfg.policies if p.dns == "gateway"}
+        for name in list(self.gateways):
+            policy = wanted.get(name)
+            if policy is None:
+                await self.gateways.pop(name).stop()
+                continue
+            gw = self.gateways[name]
+            gw.configure(policy)
+            gw.servers, gw.max_ttl = servers, cfg.daemon.max_ttl
+
+    async def _learn(
+        self,
+        policy: str,
+        qname: str,
+        targets: tuple[Target, ...],
+        ips: tuple[IPAddress, ...],
+        ttl: int,
+    ) -> None:
+        """The gateways' hook: put an answer's addresses in the policy's sets, then return."""
+        cfg, lay, refresher = self.config, self.layout, self.refresher
+        if cfg is None or lay is None or refresher is None:
+            raise FirewallError("learn", "fenced is not running yet")
+        allow = cfg.policy(policy).allow_private
+        sets = {
+            SetTarget(ds.name, ds.family, allow)
+            for t in targets
+            if t.domain is not None
+            for ds in lay.sets_for(t.domain)
+            if ds.policy == policy
+        }
+        await refresher.learn(Learned(policy, qname), sorted(sets, key=lambda t: t.name), ips, ttl)
+
     # ------------------------------------------------------------------ status (HTTP)
     def health(self) -> tuple[bool, str]:
         """(True, "ok") when the ruleset is installed and the refresher runs, else the reason."""
@@ -474,6 +562,24 @@ class Daemon:
             self.metrics.update_policies(cfg, self.refresher.status())
         counters = await self.fw.counters(cfg.daemon.table)
         self.metrics.update_denied([p.name for p in cfg.policies], counters)
+
+
+class _GatewayMetrics(GatewayStats):
+    """Feeds the gateways' counters into the Prometheus metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+
+    def query(self, policy: str, result: Result, added: float) -> None:
+        """See ``GatewayStats.query``."""
+        super().query(policy, result, added)
+        self.metrics.gateway_query(policy, result, added)
+
+    def filtered_address(self, policy: str, name: str, ip: IPAddress) -> None:
+        """See ``GatewayStats.filtered_address``."""
+        super().filtered_address(policy, name, ip)
+        self.metrics.address_filtered()
 
 
 def _is_own(commit: Commit) -> bool:

@@ -225,7 +225,28 @@ class Adopted:
     set: str
 
 
-SourceKey = str | Adopted
+@dataclass(frozen=True)
+class Learned:
+    """Source key of addresses a DNS gateway answer gave: the policy and the name it asked.
+
+    Its addresses go only into the sets the gateway named for it (the policy's sets of the
+    entries that allowed the name); they are never refreshed, only kept until their
+    deadline plus grace, like any answer's.
+    """
+
+    policy: str
+    name: str
+
+
+SourceKey = str | Adopted | Learned
+
+
+def all_set_targets(config: Config, lay: Layout) -> tuple[SetTarget, ...]:
+    """Every domain set of ``lay`` as a SetTarget, wildcard-only groups included."""
+    allow = {p.name: p.allow_private for p in config.policies}
+    return tuple(
+        SetTarget(ds.name, ds.family, allow.get(ds.policy, False)) for ds in lay.domain_sets
+    )
 
 
 def targets_for(config: Config, lay: Layout) -> dict[str, tuple[SetTarget, ...]]:
@@ -279,6 +300,16 @@ class _Request:
     kind: Literal["start", "configure"]
     daemon: DaemonConfig
     targets: dict[str, tuple[SetTarget, ...]]
+    done: asyncio.Future[None]
+    sets: tuple[SetTarget, ...] = ()
+
+
+@dataclass
+class _Learn:
+    key: Learned
+    targets: tuple[SetTarget, ...]
+    ips: tuple[IPAddress, ...]
+    ttl: float
     done: asyncio.Future[None]
 
 
@@ -341,6 +372,8 @@ class Refresher:
         self._lookups: set[asyncio.Task[None]] = set()
         self._results: list[tuple[_Name, Answer]] = []
         self._requests: list[_Request] = []
+        self._learns: list[_Learn] = []
+        self._learned: dict[Learned, tuple[SetTarget, ...]] = {}
         self._pending: Change[SourceKey] = Change()
         self._pending_since: float | None = None
         self._write_backoff = 0.0
@@ -350,19 +383,53 @@ class Refresher:
         self._task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ public
-    async def start(self, daemon: DaemonConfig, targets: Mapping[str, Sequence[SetTarget]]) -> None:
+    async def start(
+        self,
+        daemon: DaemonConfig,
+        targets: Mapping[str, Sequence[SetTarget]],
+        sets: Sequence[SetTarget] = (),
+    ) -> None:
         """Start the loop: adopt still-valid elements of the sets, reconcile, resolve all.
 
-        Returns once the first reconciliation was written (or failed and was queued for
-        retry); the names are being resolved by then.
+        ``sets`` declares sets that no resolvable name maps to (wildcard entries' sets,
+        filled only by ``learn``). Returns once the first reconciliation was written (or
+        failed and was queued for retry); the names are being resolved by then.
         """
         if self._task is not None:
             raise RuntimeError("refresher already started")
         self._task = asyncio.create_task(self._run(), name="fenced-refresher")
-        await self._submit("start", daemon, targets)
+        await self._submit("start", daemon, targets, sets)
+
+    async def learn(
+        self,
+        key: Learned,
+        targets: Sequence[SetTarget],
+        ips: Sequence[IPAddress],
+        ttl: float,
+    ) -> None:
+        """Add addresses a gateway answer gave; return once the kernel accepted them.
+
+        ``targets`` are the sets they go in (those not configured are ignored); ``ttl``
+        is the answer's, floored and capped like any. Raises FirewallError when the write
+        failed (the change stays queued and is retried, but the caller must not release
+        the answer).
+        """
+        if self._task is None:
+            raise RuntimeError("refresher not started")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._learns.append(_Learn(key, tuple(targets), tuple(ips), ttl, done))
+        self._wake.set()
+        await done
+
+    def learned(self) -> dict[Learned, Mapping[IPAddress, CacheEntry]]:
+        """What gateway answers added, by (policy, name), with deadlines (for status pages)."""
+        return {k: self.cache.entries(k) for k in self._learned if self.cache.entries(k)}
 
     async def configure(
-        self, daemon: DaemonConfig, targets: Mapping[str, Sequence[SetTarget]]
+        self,
+        daemon: DaemonConfig,
+        targets: Mapping[str, Sequence[SetTarget]],
+        sets: Sequence[SetTarget] = (),
     ) -> None:
         """Apply a reload, reconciling the sets with a dump of them.
 
@@ -373,7 +440,7 @@ class Refresher:
         """
         if self._task is None:
             raise RuntimeError("refresher not started")
-        await self._submit("configure", daemon, targets)
+        await self._submit("configure", daemon, targets, sets)
 
     async def stop(self) -> None:
         """Stop the loop and every lookup. Elements stay in the kernel with their timeouts."""
@@ -388,6 +455,10 @@ class Refresher:
             if not req.done.done():
                 req.done.cancel()
         self._requests.clear()
+        for lrn in self._learns:
+            if not lrn.done.done():
+                lrn.done.set_exception(FirewallError("learn", "fenced is stopping"))
+        self._learns.clear()
 
     @property
     def running(self) -> bool:
@@ -428,6 +499,8 @@ class Refresher:
         if isinstance(key, Adopted):
             target = self._set_index.get(key.set)
             return (target,) if target is not None else ()
+        if isinstance(key, Learned):
+            return self._learned.get(key, ())
         return self._targets.get(key, ())
 
     async def _submit(
@@ -435,10 +508,11 @@ class Refresher:
         kind: Literal["start", "configure"],
         daemon: DaemonConfig,
         targets: Mapping[str, Sequence[SetTarget]],
+        sets: Sequence[SetTarget] = (),
     ) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._requests.append(
-            _Request(kind, daemon, {k: tuple(v) for k, v in targets.items()}, done)
+            _Request(kind, daemon, {k: tuple(v) for k, v in targets.items()}, done, tuple(sets))
         )
         self._wake.set()
         await done
@@ -471,6 +545,8 @@ class Refresher:
     async def _step(self) -> None:
         self._wake.clear()
         now = self.clock.now()
+        if self._learns:
+            await self._absorb_learns(now)
         if self._requests:
             req = self._requests.pop(0)
             try:
@@ -614,6 +690,24 @@ class Refresher:
                 )
         return change
 
+    async def _absorb_learns(self, now: float) -> None:
+        """Put gateway answers into the cache and write them at once (the clients wait)."""
+        learns, self._learns = self._learns, []
+        for lrn in learns:
+            targets = tuple(t for t in lrn.targets if t.name in self._set_index)
+            self._learned[lrn.key] = targets
+            self._note_change(now, self.cache.update(now, lrn.key, lrn.ips, lrn.ttl))
+        ok = await self._write(now)
+        for lrn in learns:
+            if lrn.done.done():
+                continue
+            if ok:
+                lrn.done.set_result(None)
+            else:
+                lrn.done.set_exception(FirewallError("learn", "the set write failed"))
+        if len(self._learned) > 2 * len(self.cache) + 1024:  # forget keys whose IPs ran out
+            self._learned = {k: v for k, v in self._learned.items() if self.cache.entries(k)}
+
     # ------------------------------------------------------------------ writing
     async def _write(self, now: float, plan: Plan[SourceKey] | None = None) -> bool:
         """Plan (unless given) and apply; commit on success, back off on failure."""
@@ -693,8 +787,16 @@ class Refresher:
         cache.max_ips = daemon.max_ips_per_name
         self.daemon, self.table = daemon, daemon.table
         old = set(self._names)
-        self._targets = dict(req.targets)
+        self._targets = {k: v for k, v in req.targets.items() if not k.startswith("*.")}
         self._set_index = {t.name: t for ts in self._targets.values() for t in ts}
+        self._set_index.update({t.name: t for t in req.sets})
+        for learned, targets in list(self._learned.items()):
+            kept = tuple(self._set_index[t.name] for t in targets if t.name in self._set_index)
+            if kept:
+                self._learned[learned] = kept
+            else:
+                del self._learned[learned]
+                self._note_change(now, cache.forget(learned))
         removed = sorted(old - set(self._targets))
         added = sorted(set(self._targets) - old)
         for name in removed:
@@ -759,10 +861,12 @@ __all__ = [
     "Adopted",
     "Clock",
     "FakeClock",
+    "Learned",
     "MonotonicClock",
     "NameStatus",
     "Refresher",
     "SourceKey",
     "Stats",
+    "all_set_targets",
     "targets_for",
 ]

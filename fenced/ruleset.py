@@ -35,6 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from fenced.errors import TransactionError
 from fenced.model import Config, IPNetwork, Policy, PortSpec
 
 Family = Literal[4, 6]
@@ -64,13 +65,17 @@ class DomainSet:
 
 @dataclass(frozen=True)
 class CgroupSubject:
-    """A cgroup path a policy confines, with the verdict-map names its ids go in."""
+    """A cgroup path a policy confines, with the verdict-map names its ids go in.
+
+    ``zone_map`` is set when the policy's DNS goes through the gateway.
+    """
 
     policy: str
     path: str
     level: int
     out_map: str
     in_map: str
+    zone_map: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,13 @@ class Layout:
     chains: tuple[str, ...]
     maps: tuple[str, ...]
     counters: tuple[str, ...]
+    zones: Mapping[str, int] = field(default_factory=dict)
     _by_domain: Mapping[str, tuple[DomainSet, ...]] = field(default_factory=dict, repr=False)
+
+    @property
+    def gateways(self) -> tuple[str, ...]:
+        """Names of the policies whose DNS goes through the gateway, sorted."""
+        return tuple(sorted(self.zones))
 
     def sets_for(self, domain: str) -> tuple[DomainSet, ...]:
         """Every domain set (all policies, both families) that ``domain``'s addresses go in."""
@@ -100,7 +111,7 @@ class Layout:
         return tuple(s.name for s in self.domain_sets) + self.maps
 
 
-def policy_chain(policy: str, kind: Literal["out", "in", "reply"]) -> str:
+def policy_chain(policy: str, kind: Literal["out", "in", "reply", "zone"]) -> str:
     """Name of a policy's chain of the given kind."""
     return f"p_{policy}_{kind}"
 
@@ -110,9 +121,31 @@ def denied_counter(policy: str, direction: Direction) -> str:
     return f"denied_{policy}_{direction}"
 
 
-def cgroup_map(direction: Direction, level: int) -> str:
-    """Name of the verdict map for cgroups at ``level`` (depth below the cgroup2 root)."""
-    return f"m_cg_{direction}_{level}"
+def cgroup_map(kind: Literal["out", "in", "zone"], level: int) -> str:
+    """Name of the verdict map of ``kind`` for cgroups at ``level`` (depth below the root)."""
+    return f"m_cg_{kind}_{level}"
+
+
+#: Conntrack zones fenced gives gateway policies' DNS flows: [ZONE_BASE, ZONE_BASE+ZONE_SPAN).
+ZONE_BASE = 0x4600
+ZONE_SPAN = 0x1000
+
+
+def dns_zones(policies: Iterable[str]) -> dict[str, int]:
+    """A distinct conntrack zone for each policy name, stable across runs and reloads.
+
+    The zone is taken from a hash of the name (linear probing on a collision, in name
+    order), so adding or removing other policies rarely moves a policy's zone.
+    """
+    zones: dict[str, int] = {}
+    used: set[int] = set()
+    for name in sorted(policies):
+        z = int(hashlib.sha256(name.encode()).hexdigest(), 16) % ZONE_SPAN
+        while ZONE_BASE + z in used:
+            z = (z + 1) % ZONE_SPAN
+        zones[name] = ZONE_BASE + z
+        used.add(ZONE_BASE + z)
+    return zones
 
 
 def cgroup_level(path: str) -> int:
@@ -142,9 +175,16 @@ def layout(config: Config) -> Layout:
     counters: list[str] = []
     uses_uid = any(p.uids for p in config.policies)
     uses_gid = any(p.gids for p in config.policies)
+    gateway = [p for p in config.policies if p.dns == "gateway"]
+    zones = dns_zones(p.name for p in gateway)
     levels: set[int] = set()
+    zone_levels: set[int] = set()
+    if gateway:
+        chains += ["dns_zone", "dns_redirect"]
     for policy in config.policies:
         chains += [policy_chain(policy.name, k) for k in ("out", "in", "reply")]
+        if policy.name in zones:
+            chains.append(policy_chain(policy.name, "zone"))
         counters += [denied_counter(policy.name, d) for d in ("out", "in")]
         for spec, dests in sorted(_groups(policy).items()):
             domains = tuple(sorted({d for d in dests if isinstance(d, str)}))
@@ -156,9 +196,18 @@ def layout(config: Config) -> Layout:
         for path in policy.cgroups:
             level = cgroup_level(path)
             levels.add(level)
+            zone_map = None
+            if policy.name in zones:
+                zone_levels.add(level)
+                zone_map = cgroup_map("zone", level)
             cgroups.append(
                 CgroupSubject(
-                    policy.name, path, level, cgroup_map("out", level), cgroup_map("in", level)
+                    policy.name,
+                    path,
+                    level,
+                    cgroup_map("out", level),
+                    cgroup_map("in", level),
+                    zone_map,
                 )
             )
     maps: list[str] = []
@@ -166,8 +215,13 @@ def layout(config: Config) -> Layout:
         maps += ["m_uid_out", "m_uid_reply"]
     if uses_gid:
         maps += ["m_gid_out", "m_gid_reply"]
+    if any(p.uids for p in gateway):
+        maps.append("m_uid_zone")
+    if any(p.gids for p in gateway):
+        maps.append("m_gid_zone")
     for level in sorted(levels):
         maps += [cgroup_map("out", level), cgroup_map("in", level)]
+    maps += [cgroup_map("zone", level) for level in sorted(zone_levels)]
     by_domain: dict[str, list[DomainSet]] = {}
     for ds in domain_sets:
         for d in ds.domains:
@@ -179,6 +233,7 @@ def layout(config: Config) -> Layout:
         chains=tuple(chains),
         maps=tuple(maps),
         counters=tuple(counters),
+        zones=zones,
         _by_domain={k: tuple(v) for k, v in by_domain.items()},
     )
 
@@ -241,8 +296,10 @@ def _set_literal(networks: Sequence[IPNetwork]) -> str:
 
 def _out_chain(config: Config, policy: Policy, lay: Layout) -> list[str]:
     rules: list[str] = []
+    # Gateway policies' port-53 traffic is redirected to fenced before this chain runs.
+    direct = policy.name not in lay.zones
     resolvers = _split(ipaddress.ip_network(r) for r in config.daemon.resolvers)
-    for fam in FAMILIES:
+    for fam in FAMILIES if direct else ():
         if resolvers[fam]:
             rules.append(
                 f"{_addr_match(fam, _set_literal(resolvers[fam]))} "
@@ -300,8 +357,43 @@ def _chain(name: str, rules: Sequence[str], hook: str | None = None) -> list[str
     return [*lines, *rules, "}"]
 
 
-def table_body(config: Config, lay: Layout) -> list[str]:
-    """Declarations of every object of the table (no elements of dynamic sets or maps)."""
+def _gateway_chains(lay: Layout, gateway_ports: Mapping[str, int]) -> list[str]:
+    """The raw chain that zones gateway DNS flows and the nat chain that redirects them."""
+    zone_rules: list[str] = []
+    dns = "meta l4proto { tcp, udp } th dport 53"
+    if "m_uid_zone" in lay.maps:
+        zone_rules.append(f"{dns} meta skuid vmap @m_uid_zone")
+    if "m_gid_zone" in lay.maps:
+        zone_rules.append(f"{dns} meta skgid vmap @m_gid_zone")
+    for level in sorted({c.level for c in lay.cgroups if c.zone_map is not None}):
+        zone_rules.append(f"{dns} socket cgroupv2 level {level} vmap @{cgroup_map('zone', level)}")
+    redirect_rules: list[str] = []
+    for name, zone in sorted(lay.zones.items()):
+        port = gateway_ports[name]
+        for addr in ("ip saddr 127.0.0.1", "ip6 saddr ::1"):
+            # the gateway's answers belong to the zone of the flows they answer
+            zone_rules.append(
+                f"{addr} meta l4proto {{ tcp, udp }} th sport {port} ct zone set {zone}"
+            )
+        redirect_rules.append(f"ct zone {zone} {dns} redirect to :{port}")
+    lines = ["chain dns_zone {", "type filter hook output priority raw; policy accept;"]
+    lines += [*zone_rules, "}", "chain dns_redirect {"]
+    lines += ["type nat hook output priority -100; policy accept;", *redirect_rules, "}"]
+    return lines
+
+
+def table_body(
+    config: Config, lay: Layout, gateway_ports: Mapping[str, int] | None = None
+) -> list[str]:
+    """Declarations of every object of the table (no elements of dynamic sets or maps).
+
+    ``gateway_ports`` gives the loopback port of each gateway policy's DNS listener; every
+    policy in ``lay.gateways`` needs one (TransactionError otherwise).
+    """
+    gateway_ports = dict(gateway_ports or {})
+    missing = [name for name in lay.gateways if name not in gateway_ports]
+    if missing:
+        raise TransactionError(f"no gateway port for policies {', '.join(missing)}")
     policies = config.policies
     lines: list[str] = []
     for c in lay.counters:
@@ -325,6 +417,16 @@ def table_body(config: Config, lay: Layout) -> list[str]:
     if "m_gid_out" in lay.maps:
         lines += _map_decl("m_gid_out", "gid", gid_out)
         lines += _map_decl("m_gid_reply", "gid", gid_reply)
+    if "m_uid_zone" in lay.maps:
+        zone_uids = {
+            u: policy_chain(p.name, "zone") for p in policies if p.name in lay.zones for u in p.uids
+        }
+        lines += _map_decl("m_uid_zone", "uid", zone_uids)
+    if "m_gid_zone" in lay.maps:
+        zone_gids = {
+            g: policy_chain(p.name, "zone") for p in policies if p.name in lay.zones for g in p.gids
+        }
+        lines += _map_decl("m_gid_zone", "gid", zone_gids)
     cg_maps = [m for m in lay.maps if m.startswith("m_cg_")]
     for m in cg_maps:
         lines += _map_decl(m, "cgroupsv2", {})
@@ -343,8 +445,23 @@ def table_body(config: Config, lay: Layout) -> list[str]:
         reply_rules.append("meta skgid vmap @m_gid_reply")
     lines += _chain("output_reply", reply_rules)
 
+    for name, zone in sorted(lay.zones.items()):
+        lines += _chain(policy_chain(name, "zone"), [f"ct zone set {zone} accept"])
+    if lay.zones:
+        lines += _gateway_chains(lay, gateway_ports)
+
     levels = sorted({c.level for c in lay.cgroups})
-    out_rules = ["ct direction reply jump output_reply", "ct state established,related accept"]
+    out_rules = ["ct direction reply jump output_reply"]
+    for name, zone in sorted(lay.zones.items()):
+        port = gateway_ports[name]
+        for addr in ("ip daddr 127.0.0.1", "ip6 daddr ::1"):
+            # Only the policy's own (zoned, redirected) DNS flows reach its gateway port,
+            # whatever conntrack remembers of earlier flows on the same addresses.
+            out_rules += [
+                f"meta l4proto {{ tcp, udp }} {addr} th dport {port} ct zone {zone} accept",
+                f"meta l4proto {{ tcp, udp }} {addr} th dport {port} drop",
+            ]
+    out_rules.append("ct state established,related accept")
     if "m_uid_out" in lay.maps:
         out_rules.append("meta skuid vmap @m_uid_out")
     if "m_gid_out" in lay.maps:
@@ -388,14 +505,16 @@ def script(
     existing: Existing | None = None,
     *,
     keep_chains: Iterable[str] = (),
+    gateway_ports: Mapping[str, int] | None = None,
 ) -> str:
     """The nft script that installs ``config`` in one atomic transaction.
 
     It creates the table if missing, flushes every rule (set and map elements stay, so
     allowed addresses and cgroup ids survive), empties the static uid/gid maps (re-filled
     from the file), deletes objects of ``existing`` that ``lay`` no longer has, and
-    declares everything. Chains in ``keep_chains`` are not deleted even if stale (cgroup
-    map elements may still jump to them; the caller deletes them once those are gone).
+    declares everything (``gateway_ports``: see ``table_body``). Chains in ``keep_chains``
+    are not deleted even if stale (cgroup map elements may still jump to them; the caller
+    deletes them once those are gone).
     """
     existing = existing or Existing()
     t = f"inet {lay.table}"
@@ -412,7 +531,7 @@ def script(
     wanted_chains = set(lay.chains)
     head += [f"delete chain {t} {c}" for c in sorted(existing.chains - wanted_chains - keep)]
     head += [f"delete counter {t} {c}" for c in sorted(existing.counters - set(lay.counters))]
-    body = [f"table {t} {{", *table_body(config, lay), "}"]
+    body = [f"table {t} {{", *table_body(config, lay, gateway_ports), "}"]
     return "\n".join(head) + "\n" + _indent(body) + "\n"
 
 
@@ -430,9 +549,13 @@ def cgroup_elements(lay: Layout, ids: Mapping[str, int | None]) -> dict[str, dic
     for c in lay.cgroups:
         wanted.setdefault(c.out_map, {})
         wanted.setdefault(c.in_map, {})
+        if c.zone_map is not None:
+            wanted.setdefault(c.zone_map, {})
         cid = ids.get(c.path)
         if cid is None:
             continue
         wanted[c.out_map][cid] = policy_chain(c.policy, "out")
         wanted[c.in_map][cid] = policy_chain(c.policy, "in")
+        if c.zone_map is not None:
+            wanted.setdefault(c.zone_map, {})[cid] = policy_chain(c.policy, "zone")
     return wanted

@@ -60,6 +60,7 @@ def _subject(bed: Bed, kind: str) -> tuple[dict[str, object], Who]:
 def _start(bed: Bed, kind: str, **policy: object) -> tuple[Fenced, Who]:
     keys, who = _subject(bed, kind)
     keys.setdefault("outbound", OUTBOUND)
+    keys.setdefault("dns", "direct")  # the DNS gateway has its own tests
     keys.update(policy)
     cfg = daemon_section() + policy_section("web", **keys)
     return Fenced(bed, cfg).start(), who

@@ -105,10 +105,12 @@ async def test_every_entry_form_loads_in_the_kernel(
     cfg = _load(EVERYTHING.replace("{cg}", rel), tmp_path)
     fw = KernelFirewall(netns)
     try:
-        await fw.install(script(cfg, layout(cfg)))
+        lay = layout(cfg)
+        assert lay.gateways == ("audited", "web")
+        ports = {name: 20000 + i for i, name in enumerate(lay.gateways)}
+        await fw.install(script(cfg, lay, gateway_ports=ports))
         existing = await fw.existing("fenced")
         assert existing is not None
-        lay = layout(cfg)
         assert existing.chains == set(lay.chains)
         assert existing.sets == set(lay.set_names)
         assert existing.counters == set(lay.counters)
@@ -127,9 +129,11 @@ async def test_reload_keeps_elements_and_moves_cgroups(
 listen = ""
 resolvers = ["192.0.2.53"]
 [policy.web]
+dns = "direct"
 uids = [4242]
 outbound = ["api.example.com:443/tcp"]
 [policy.old]
+dns = "direct"
 cgroups = ["{rel}"]
 outbound = ["old.example.com:80/tcp"]
 """
@@ -138,6 +142,7 @@ outbound = ["old.example.com:80/tcp"]
 listen = ""
 resolvers = ["192.0.2.53"]
 [policy.web]
+dns = "direct"
 uids = [4242]
 cgroups = ["{rel}"]
 outbound = ["api.example.com:443/tcp", "new.example.com:22/tcp"]

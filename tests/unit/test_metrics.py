@@ -257,7 +257,7 @@ async def test_refresher_feeds_metrics_through_adapters() -> None:
     """A refresher built with MetricsStats and the wrappers moves lookups, writes and lag."""
     clock = FakeClock()
     m = Metrics()
-    policy = Policy("web", uids=(1000,), outbound=(_target("a.test"),))
+    policy = Policy("web", uids=(1000,), outbound=(_target("a.test"),), dns="direct")
     cfg = _config(policy)
     lay = layout(cfg)
     fake = FakeFirewall()

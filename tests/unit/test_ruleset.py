@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
+
+from fenced.errors import TransactionError
 from fenced.model import Config, DaemonConfig, Listen, Policy, PortRange, PortSpec, Target
 from fenced.ruleset import (
+    ZONE_BASE,
+    ZONE_SPAN,
     Existing,
     cgroup_elements,
     cgroup_level,
+    dns_zones,
     layout,
     policy_chain,
     script,
@@ -36,6 +42,7 @@ def _web(**kw: object) -> Policy:
             Target("db.example.com", TCPUDP, domain="db.example.com"),
         ),
         "inbound": (Listen("8080/tcp", PortSpec(("tcp",), (PortRange(8080, 8080),))),),
+        "dns": "direct",
     }
     base.update(kw)
     return Policy(**base)  # type: ignore[arg-type]
@@ -148,3 +155,50 @@ def test_no_closing_braces_share_a_line() -> None:
     assert "} }" not in text.replace("{ ", "").replace("} :", "")
     for line in text.splitlines():
         assert line.count("}") <= 1 or "{" in line
+
+
+def test_gateway_policies_get_a_zone_redirect_and_guard() -> None:
+    """A gateway policy's DNS is zoned, redirected to its port, and only its zone may reach it."""
+    cfg = _cfg(_web(dns="gateway", cgroups=("a/b",)))
+    lay = layout(cfg)
+    zone = lay.zones["web"]
+    assert ZONE_BASE <= zone < ZONE_BASE + ZONE_SPAN
+    text = script(cfg, lay, gateway_ports={"web": 20001})
+    assert f"ct zone {zone} meta l4proto {{ tcp, udp }} th dport 53 redirect to :20001" in text
+    assert "meta l4proto { tcp, udp } th dport 53 meta skuid vmap @m_uid_zone" in text
+    assert "socket cgroupv2 level 2 vmap @m_cg_zone_2" in text
+    assert (
+        f"ip saddr 127.0.0.1 meta l4proto {{ tcp, udp }} th sport 20001 ct zone set {zone}" in text
+    )
+    guard = f"meta l4proto {{ tcp, udp }} ip daddr 127.0.0.1 th dport 20001 ct zone {zone} accept"
+    output = text.split("chain output {")[1]
+    assert output.index(guard) < output.index("ct state established,related accept")
+    assert "th dport 20001 drop" in output
+    # resolvers are not opened directly for gateway policies
+    assert "192.0.2.53" not in text.split("chain p_web_out {")[1].split("}")[0]
+    wanted = cgroup_elements(lay, {"a/b": 5})
+    assert wanted["m_cg_zone_2"] == {5: policy_chain("web", "zone")}
+
+
+def test_gateway_policy_without_a_port_is_refused() -> None:
+    """Rendering a gateway policy without its listener port is a build error, not a bad ruleset."""
+    cfg = _cfg(_web(dns="gateway"))
+    with pytest.raises(TransactionError, match="web"):
+        script(cfg, layout(cfg))
+
+
+def test_direct_policies_have_no_gateway_objects() -> None:
+    """dns = direct renders no zone, redirect or guard, and keeps the resolvers open."""
+    cfg = _cfg(_web())
+    lay = layout(cfg)
+    text = script(cfg, lay)
+    assert lay.zones == {}
+    assert "dns_redirect" not in text and "ct zone" not in text
+
+
+def test_zones_are_distinct_and_stable() -> None:
+    """Every policy gets its own zone; adding another policy keeps the existing zones."""
+    names = [f"p{i}" for i in range(300)]
+    zones = dns_zones(names)
+    assert len(set(zones.values())) == len(names)
+    assert dns_zones(["p1", "p2"])["p1"] == dns_zones(["p1", "p2", "zz"])["p1"]
