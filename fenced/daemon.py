@@ -487,6 +487,7 @@ class Daemon:
                     stats=_GatewayMetrics(self.metrics),
                     logger=self.log,
                 )
+                gw.max_ips = cfg.daemon.max_ips_per_name
                 await gw.start()
                 self.gateways[policy.name] = gw
                 started.append(policy.name)
@@ -509,6 +510,7 @@ class Daemon:
             gw = self.gateways[name]
             gw.configure(policy)
             gw.servers, gw.max_ttl = servers, cfg.daemon.max_ttl
+            gw.max_ips = cfg.daemon.max_ips_per_name
 
     async def _learn(
         self,

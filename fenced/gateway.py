@@ -322,12 +322,17 @@ class _Filtered:
 
 
 def _sort_out(
-    response: dns.message.Message, qname: dns.name.Name, allow_private: bool
+    response: dns.message.Message,
+    qname: dns.name.Name,
+    allow_private: bool,
+    max_ips: int = 0,
 ) -> _Filtered:
     """Sort the addresses of ``response`` out.
 
-    Keeps the chain's addresses (restricted ones only with ``allow_private``), removes
-    every other address record, and notes the chain's smallest TTL.
+    Keeps the chain's addresses (restricted ones only with ``allow_private``; at most
+    ``max_ips`` of them in answer order when it is above 0, as the firewall keeps no more
+    for one answer), removes every other address record, and notes the chain's smallest
+    TTL.
     """
     names = _chain(response, qname)
     on_chain = set(names)
@@ -349,6 +354,8 @@ def _sort_out(
                 if not allow_private and is_restricted(ip):
                     removed.append(ip)
                     continue
+                if max_ips > 0 and len(ips) >= max_ips and ip not in ips:
+                    continue  # beyond what the firewall keeps: never hand it out
                 keep.append(rd)
                 if ip not in ips:
                     ips.append(ip)
@@ -460,6 +467,9 @@ class Gateway:
         self.matcher = NameMatcher(policy.outbound)
         self.servers: tuple[str, ...] = tuple(str(s) for s in servers)
         self.max_ttl = max_ttl
+        #: At most this many addresses of one answer are returned (0: no limit); the daemon
+        #: sets ``max_ips_per_name``, what the firewall keeps for one name.
+        self.max_ips = 0
         self._limiter = _Limiter()
         self._udp: list[asyncio.DatagramTransport] = []
         self._tcp: list[asyncio.Server] = []
@@ -482,7 +492,7 @@ class Gateway:
 
         TTLs are capped at ``daemon.max_ttl``; other settings take their defaults.
         """
-        return cls(
+        gw = cls(
             policy,
             servers=daemon.resolvers,
             learn=learn,
@@ -492,6 +502,8 @@ class Gateway:
             stats=stats,
             logger=logger,
         )
+        gw.max_ips = daemon.max_ips_per_name
+        return gw
 
     # ------------------------------------------------------------------ life cycle
     @property
@@ -510,6 +522,7 @@ class Gateway:
         if daemon is not None:
             self.servers = tuple(str(s) for s in daemon.resolvers)
             self.max_ttl = daemon.max_ttl
+            self.max_ips = daemon.max_ips_per_name
 
     async def start(self) -> None:
         """Bind the listeners. Raises OSError when the first host cannot be bound."""
@@ -712,7 +725,7 @@ class Gateway:
             reply.additional = response.additional
             return "audit_denied", self._wire(reply, query, transport)
 
-        sorted_out = _sort_out(response, qname, policy.allow_private)
+        sorted_out = _sort_out(response, qname, policy.allow_private, self.max_ips)
         for ip in sorted_out.removed:
             self.stats.filtered_address(policy.name, name, ip)
             self._note("info", "gateway_private_removed", name, key=f"{name} {ip}", ip=ip)

@@ -36,6 +36,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import encodings.idna  # noqa: F401  (imported before dropping privileges)
 import errno
 import json
@@ -415,6 +417,33 @@ def _warm_up() -> None:
         dns.rcode.to_text(dns.rcode.from_text(code))
 
 
+def use_resolv_conf(path: str) -> None:
+    """Give this process a private mount namespace where ``path`` is /etc/resolv.conf.
+
+    Root must call this (before ``drop_privileges``); the host's file is untouched. Lets a
+    probe use the system resolver (libc) with a resolver configuration the test chose.
+    """
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    clone_newns, ms_rec, ms_private, ms_bind = 0x00020000, 0x4000, 0x40000, 0x1000
+    if libc.unshare(clone_newns) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+    if libc.mount(None, b"/", None, ms_rec | ms_private, None) != 0:
+        raise OSError(ctypes.get_errno(), "mount --make-rprivate /")
+    if libc.mount(os.fsencode(path), b"/etc/resolv.conf", None, ms_bind, None) != 0:
+        raise OSError(ctypes.get_errno(), f"mount --bind {path} /etc/resolv.conf")
+
+
+def probe_gai(name: str, family: int) -> dict[str, Any]:
+    """Resolve ``name`` with libc's getaddrinfo (the system resolver and /etc/resolv.conf)."""
+    fam = {4: socket.AF_INET, 6: socket.AF_INET6}.get(family, socket.AF_UNSPEC)
+    try:
+        infos = socket.getaddrinfo(name, None, fam, socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        return {"outcome": "gaierror", "code": e.errno, "error": str(e)}
+    addresses = sorted({str(info[4][0]) for info in infos})
+    return {"outcome": "resolved", "addresses": addresses}
+
+
 def drop_privileges(uid: int | None, gid: int | None) -> None:
     """Become ``uid``/``gid`` with no supplementary groups (root must call this)."""
     if uid is None and gid is None:
@@ -431,12 +460,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=PROBE_TIMEOUT)
     p.add_argument("--as-uid", type=int, help="drop to this uid before any socket exists")
     p.add_argument("--as-gid", type=int, help="drop to this gid (no supplementary groups)")
+    p.add_argument("--resolv-conf", help="bind-mount this file over /etc/resolv.conf first")
     sub = p.add_subparsers(dest="kind", required=True)
     for kind in ("tcp", "udp", "hold"):
         sp = sub.add_parser(kind)
         sp.add_argument("host")
         sp.add_argument("port", type=int)
     sub.add_parser("icmp").add_argument("host")
+    g = sub.add_parser("gai")
+    g.add_argument("name")
+    g.add_argument("--family", type=int, choices=(0, 4, 6), default=0)
     d = sub.add_parser("dns")
     d.add_argument("name")
     d.add_argument("--server", default=RESOLVER_V4)
@@ -456,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run one probe; print its JSON outcome; return 0 (2 for a usage error)."""
     args = _parser().parse_args(argv)
     _warm_up()
+    if args.resolv_conf:
+        use_resolv_conf(args.resolv_conf)
     drop_privileges(args.as_uid, args.as_gid)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     me = whoami()
@@ -465,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
         _emit(probe_udp(args.host, args.port, args.timeout) | me)
     elif args.kind == "icmp":
         _emit(probe_icmp(args.host, args.timeout) | me)
+    elif args.kind == "gai":
+        _emit(probe_gai(args.name, args.family) | me)
     elif args.kind == "dns":
         _emit(
             me

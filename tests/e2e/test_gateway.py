@@ -1,0 +1,183 @@
+"""The DNS gateway in the bed: confined processes get only allowed answers, opened first."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+from tests.bed import constants as C
+from tests.bed.bed import Bed, ProbeResult
+from tests.bed.fenced_proc import Fenced, daemon_section, policy_section
+from tests.e2e.test_core import Who, who_of
+
+pytestmark = pytest.mark.bed
+
+POOL = list(C.SERVERS_V4_A[:8])  # round-robin pool: 198.51.100.10-17
+CDN = C.SERVERS_V4_B[0]  # 203.0.113.10: behind the wildcard
+DENIED = C.SERVERS_V4_B[1]  # 203.0.113.11: what a denied name resolves to
+SILENT_DNS = "203.0.113.53"  # a documentation address where no DNS server exists
+
+
+def _start(
+    bed: Bed, kind: str, daemon: dict[str, object] | None = None, **policy: object
+) -> tuple[Fenced, Who]:
+    keys: dict[str, object] = {
+        "outbound": ["rr.example.com:80/tcp", "*.cdn.example.net:80/tcp", "big.example.com:80/tcp"]
+    }
+    who = who_of(bed, kind)
+    if kind == "uid":
+        keys["uids"] = [C.UID]
+    else:
+        keys["cgroups"] = [bed.cgroup("app.service").path]
+    keys.update(policy)
+    settings: dict[str, object] = {"listen": "127.0.0.1:9100", "min_ttl": 1, "grace": 5}
+    settings.update(daemon or {})
+    cfg = daemon_section(**settings) + policy_section("web", **keys)
+    return Fenced(bed, cfg).start(), who
+
+
+def _resolv_conf(bed: Bed) -> str:
+    path = bed.tmpdir / "resolv.conf"
+    path.write_text(f"nameserver {SILENT_DNS}\noptions timeout:2 attempts:1\n")
+    path.chmod(0o644)
+    return str(path)
+
+
+def _gai(bed: Bed, name: str, who: Who, family: int = 4) -> ProbeResult:
+    """Resolve ``name`` with libc (getaddrinfo) as the confined identity, via resolv.conf."""
+    argv = [
+        sys.executable,
+        "-m",
+        "tests.bed.probe",
+        "--resolv-conf",
+        _resolv_conf(bed),
+        "--timeout",
+        "5",
+        "gai",
+        name,
+        "--family",
+        str(family),
+    ]
+    return ProbeResult.from_completed(bed.run(argv, timeout=30, **who))
+
+
+@pytest.mark.parametrize("kind", ["uid", "cgroup"])
+def test_round_robin_answers_are_always_reachable(bed: Bed, kind: str) -> None:
+    """Whatever subset of a round-robin pool the process is given, it can connect to it."""
+    bed.dns.rotate("rr.example.com", "A", POOL, per_query=2, ttl=30)
+    _, who = _start(bed, kind)
+    seen: set[str] = set()
+    for _ in range(6):
+        r = _gai(bed, "rr.example.com", who)
+        assert r.outcome == "resolved", r.data
+        for ip in r["addresses"]:
+            seen.add(ip)
+            assert bed.probe("tcp", ip, 80, **who).outcome == "connected", ip
+    # the resolver really handed out different subsets; and since nothing listens at the
+    # address resolv.conf names, every answer came through fenced's gateway
+    assert len(seen) >= 4
+
+
+@pytest.mark.parametrize("kind", ["uid", "cgroup"])
+def test_wildcard_opens_subdomains_not_the_apex(bed: Bed, kind: str) -> None:
+    """*.cdn.example.net answers and opens any depth below it; the apex is denied."""
+    bed.dns.set("a.b.cdn.example.net", "A", [CDN], ttl=30)
+    bed.dns.set("cdn.example.net", "A", [DENIED], ttl=30)
+    _, who = _start(bed, kind)
+    assert bed.probe("tcp", CDN, 80, **who).outcome == "refused"  # nothing known yet
+    r = _gai(bed, "a.b.cdn.example.net", who)
+    assert r.outcome == "resolved" and r["addresses"] == [CDN]
+    assert bed.probe("tcp", CDN, 80, **who).outcome == "connected"
+    apex = _gai(bed, "cdn.example.net", who)
+    assert apex.outcome == "gaierror"
+    assert bed.probe("tcp", DENIED, 80, **who).outcome == "refused"
+
+
+@pytest.mark.parametrize("kind", ["uid", "cgroup"])
+def test_denied_name_gets_nxdomain_and_its_address_stays_refused(bed: Bed, kind: str) -> None:
+    """A name no entry allows gets NXDOMAIN without asking upstream; typing its IP fails."""
+    bed.dns.set("evil.example.org", "A", [DENIED], ttl=30)
+    fenced, who = _start(bed, kind)
+    r = bed.resolve("evil.example.org", server=C.RESOLVER_V4, **who)
+    assert r.outcome == "answer" and r["rcode"] == "NXDOMAIN", r.data
+    assert _gai(bed, "evil.example.org", who).outcome == "gaierror"
+    assert bed.probe("tcp", DENIED, 80, **who).outcome == "refused"
+    assert not [q for q in bed.dns.queries() if "evil" in q.name]
+    assert fenced.metric('fenced_gateway_queries_total{policy="web",result="denied"}') >= 2
+
+
+@pytest.mark.parametrize("kind", ["uid", "cgroup"])
+def test_queries_to_other_servers_are_answered_by_fenced(bed: Bed, kind: str) -> None:
+    """A query sent to any other DNS server address is answered by fenced, not that server."""
+    bed.dns.set("a.cdn.example.net", "A", [CDN], ttl=30)
+    _, who = _start(bed, kind)
+    for server in (C.ROGUE_V4, C.ROGUE_V6, SILENT_DNS):
+        for tcp in (False, True):
+            r = bed.resolve("a.cdn.example.net", server=server, tcp=tcp, **who)
+            assert r.outcome == "answer" and r["addresses"] == [CDN], (server, tcp, r.data)
+    assert bed.rogue.queries() == []
+    assert bed.probe("tcp", CDN, 80, **who).outcome == "connected"
+
+
+@pytest.mark.parametrize("kind", ["uid", "cgroup"])
+def test_txt_of_denied_names_never_leaves_the_host(bed: Bed, kind: str) -> None:
+    """TXT lookups of denied names (DNS tunnelling) are answered locally, never forwarded."""
+    bed.dns.set("x1.tunnel.example.org", "TXT", ["payload"], ttl=30)
+    _, who = _start(bed, kind)
+    for i in range(5):
+        for tcp in (False, True):
+            name = f"c2hlbGwK{i}.tunnel.example.org"
+            r = bed.resolve(name, rtype="TXT", server=C.ROGUE_V4, tcp=tcp, **who)
+            assert r.outcome == "answer" and r["rcode"] == "NXDOMAIN"
+    assert not [q for q in bed.dns.queries() if "tunnel" in q.name]
+    assert bed.rogue.queries() == []
+
+
+@pytest.mark.parametrize("kind", ["uid", "cgroup"])
+def test_large_answer_over_tcp(bed: Bed, kind: str) -> None:
+    """An answer too big for UDP is truncated there and complete over TCP; all of it opens."""
+    many = [f"198.51.100.{i}" for i in range(100, 200)]  # ~1.7 KB: over EDNS 1232
+    bed.dns.set("big.example.com", "A", many, ttl=30)
+    _, who = _start(bed, kind, daemon={"max_ips_per_name": 200})
+    udp = bed.resolve("big.example.com", server=C.RESOLVER_V4, extra=["--no-fallback"], **who)
+    assert udp.outcome == "answer" and udp["tc"] is True
+    tcp = bed.resolve("big.example.com", server=C.RESOLVER_V4, tcp=True, **who)
+    assert tcp.outcome == "answer" and sorted(tcp["addresses"]) == sorted(many)
+    for ip in (many[0], many[-1]):  # nothing listens there: not refused means allowed
+        assert bed.probe("tcp", ip, 80, timeout=0.5, **who).outcome != "refused"
+
+
+def test_answer_is_capped_to_what_fenced_keeps(bed: Bed) -> None:
+    """With more addresses than max_ips_per_name the client gets only those fenced keeps."""
+    many = [f"198.51.100.{i}" for i in range(100, 200)]
+    bed.dns.set("big.example.com", "A", many, ttl=30)
+    _, who = _start(bed, "uid")
+    tcp = bed.resolve("big.example.com", server=C.RESOLVER_V4, tcp=True, **who)
+    got = tcp["addresses"]
+    assert len(got) == 64 and set(got) <= set(many)
+    for ip in (got[0], got[-1]):
+        assert bed.probe("tcp", ip, 80, timeout=0.5, **who).outcome != "refused"
+    withheld = sorted(set(many) - set(got))[0]
+    assert bed.probe("tcp", withheld, 80, **who).outcome == "refused"
+
+
+def test_other_identities_keep_their_own_dns(bed: Bed) -> None:
+    """Processes no policy matches talk to DNS servers directly, unredirected."""
+    _start(bed, "uid")
+    r = bed.resolve("anything.example.org", server=C.ROGUE_V4, uid=C.OTHER_UID)
+    assert r.outcome == "answer" and r["addresses"] == [C.ROGUE_ANSWER]
+    assert len(bed.rogue.queries()) == 1
+
+
+def test_gateway_answer_is_in_the_set_before_the_client_has_it(bed: Bed) -> None:
+    """The first connection right after the answer succeeds: the kernel had the IP first."""
+    bed.dns.set("fresh.cdn.example.net", "A", [CDN], ttl=30)
+    _, who = _start(bed, "uid")
+    for _ in range(3):
+        started = time.monotonic()
+        r = _gai(bed, "fresh.cdn.example.net", who)
+        assert r.outcome == "resolved"
+        assert bed.probe("tcp", CDN, 80, **who).outcome == "connected"
+        assert time.monotonic() - started < 10
