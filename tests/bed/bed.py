@@ -189,7 +189,8 @@ def reap_stale() -> None:
     ``<pid>`` is no longer alive are touched; processes still inside them are killed by
     PID first.
     """
-    pat = re.compile(rf"^{NS_PREFIX}-(\d+)-\d+-[cs]$")
+    # -c/-s: client and server; -k<n>: containers (tests/bed/containers.py).
+    pat = re.compile(rf"^{NS_PREFIX}-(\d+)-\d+-(?:[cs]|k\d+)$")
     with contextlib.suppress(FileNotFoundError):
         for name in os.listdir(NETNS_DIR):
             m = pat.match(name)
