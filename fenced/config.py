@@ -111,6 +111,8 @@ _POLICY_KEYS: Final = (
     "uids",
     "gids",
     "cgroups",
+    "interfaces",
+    "sources",
     "mode",
     "outbound",
     "inbound",
@@ -119,6 +121,32 @@ _POLICY_KEYS: Final = (
     "dns",
     "deny_response",
 )
+
+
+# --------------------------------------------------------------------------- subjects
+
+_IFNAME_RE: Final = re.compile(r"[A-Za-z0-9_.:@+-]{1,15}")
+
+
+def _parse_interface(text: str) -> str:
+    """A network interface name as the kernel allows it (1-15 characters, no / or space)."""
+    if not _IFNAME_RE.fullmatch(text) or text in (".", ".."):
+        raise ValueError(
+            f"bad interface name {text!r}: 1-15 characters, letters, digits and _.:@+- only"
+        )
+    return text
+
+
+def _parse_source(text: str) -> IPNetwork:
+    """A source network (``203.0.113.0/24``, ``2001:db8::/64``, or one address)."""
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError as e:
+        if "has host bits set" in str(e):
+            loose = ipaddress.ip_network(text, strict=False)
+            raise ValueError(f"{text} has host bits set; did you mean {loose}?") from None
+        raise ValueError(f"bad source network {text!r}: {e}") from None
+    return net
 
 
 # --------------------------------------------------------------------------- entries
@@ -707,12 +735,16 @@ class _Validator:
         uids = self.ids(file, key, table, "uids", what="user", lookup=self.lookup_user)
         gids = self.ids(file, key, table, "gids", what="group", lookup=self.lookup_group)
         cgroups = self.cgroups(file, key, table)
-        given = sum(
-            len(v) for f in ("uids", "gids", "cgroups") if isinstance(v := table.get(f), list)
-        )
+        interfaces = self.strings(file, key, table, "interfaces", _parse_interface)
+        sources = self.strings(file, key, table, "sources", _parse_source)
+        subject_keys = ("uids", "gids", "cgroups", "interfaces", "sources")
+        given = sum(len(v) for f in subject_keys if isinstance(v := table.get(f), list))
         if not given:
             self.problem(
-                file, key, "policy confines nothing: give at least one of uids, gids or cgroups"
+                file,
+                key,
+                "policy confines nothing: give at least one of uids, gids, cgroups, "
+                "interfaces or sources",
             )
 
         mode = self.choice(file, f"{key}.mode", table, "mode", default="enforce", choices=_MODES)
@@ -734,19 +766,41 @@ class _Validator:
         if not usable:
             return
 
-        for kind, items in (("uid", uids), ("gid", gids), ("cgroup", cgroups)):
-            owners = self.owners[kind]
+        subjects: tuple[tuple[str, Sequence[tuple[object, str]]], ...] = (
+            ("uid", uids),
+            ("gid", gids),
+            ("cgroup", cgroups),
+            ("interface", interfaces),
+            ("source", sources),
+        )
+        for kind, items in subjects:
+            owners = self.owners.setdefault(kind, {})
             for value, item_key in items:
                 owner = owners.get(value)
                 if owner is None:
                     owners[value] = (name, file)
                 elif owner[0] != name:
-                    shown = repr(value) if kind == "cgroup" else str(value)
+                    shown = str(value) if kind in ("uid", "gid", "source") else repr(value)
                     self.problem(
                         file,
                         item_key,
                         f"{kind} {shown} is in policies {owner[0]!r} ({owner[1]}) and "
-                        f"{name!r}; each uid, gid and cgroup may belong to one policy only",
+                        f"{name!r}; each subject may belong to one policy only",
+                    )
+        for net, item_key in sources:
+            for other, (owner_name, owner_file) in self.owners["source"].items():
+                if (
+                    owner_name != name
+                    and isinstance(other, ipaddress.IPv4Network | ipaddress.IPv6Network)
+                    and other.version == net.version
+                    and net.overlaps(other)
+                    and other != net
+                ):
+                    self.problem(
+                        file,
+                        item_key,
+                        f"source {net} overlaps {other} of policy {owner_name!r} "
+                        f"({owner_file}); a forwarded packet must belong to one policy",
                     )
 
         self.policies[name] = Policy(
@@ -754,6 +808,13 @@ class _Validator:
             uids=tuple(sorted({v for v, _ in uids})),
             gids=tuple(sorted({v for v, _ in gids})),
             cgroups=tuple(sorted({v for v, _ in cgroups})),
+            interfaces=tuple(sorted({v for v, _ in interfaces})),
+            sources=tuple(
+                sorted(
+                    {v for v, _ in sources},
+                    key=lambda n: (n.version, int(n.network_address), n.prefixlen),
+                )
+            ),
             mode=mode,
             outbound=tuple(outbound),
             inbound=tuple(inbound),
@@ -847,6 +908,33 @@ class _Validator:
                 )
             else:
                 result.append((number, item_key))
+        return result
+
+    def strings(
+        self,
+        file: str,
+        prefix: str,
+        table: Mapping[str, object],
+        field: str,
+        parse: Callable[[str], _T],
+    ) -> list[tuple[_T, str]]:
+        """Each string of list ``field`` parsed, with its key path; problems reported."""
+        key = f"{prefix}.{field}"
+        if field not in table:
+            return []
+        items = self.array(file, key, table[field], "strings")
+        if items is None:
+            return []
+        result: list[tuple[_T, str]] = []
+        for i, item in enumerate(items):
+            item_key = f"{key}[{i}]"
+            if not isinstance(item, str):
+                self.problem(file, item_key, f"expected a string, got {_describe(item)}")
+                continue
+            try:
+                result.append((parse(item), item_key))
+            except ValueError as e:
+                self.problem(file, item_key, str(e))
         return result
 
     def cgroups(self, file: str, prefix: str, table: Mapping[str, object]) -> list[tuple[str, str]]:

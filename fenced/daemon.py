@@ -478,11 +478,16 @@ class Daemon:
             for policy in cfg.policies:
                 if policy.dns != "gateway" or policy.name in self.gateways:
                     continue
+                # Containers' DNS is redirected as it comes in, to the address of the
+                # interface it arrived on: listen on every address (the ruleset's guard
+                # lets only the policy's own zone reach the port).
+                forwarded = bool(policy.interfaces or policy.sources)
                 gw = Gateway(
                     policy,
                     servers=servers,
                     learn=self._learn,
                     port=0,
+                    hosts=("0.0.0.0", "::") if forwarded else ("127.0.0.1", "::1"),
                     max_ttl=cfg.daemon.max_ttl,
                     stats=_GatewayMetrics(self.metrics),
                     logger=self.log,

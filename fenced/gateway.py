@@ -55,6 +55,7 @@ import asyncio
 import contextlib
 import ipaddress
 import math
+import socket
 import struct
 import time
 from collections import Counter, OrderedDict
@@ -416,6 +417,24 @@ class _Udp(asyncio.DatagramProtocol):
         pass  # an ICMP error for an earlier reply: nothing to do
 
 
+def _udp_socket(host: str, port: int) -> socket.socket:
+    """A bound, non-blocking UDP socket; IPv6 ones are v6-only.
+
+    As asyncio's TCP servers are, so that ``0.0.0.0`` and ``::`` can share a port.
+    """
+    family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class Gateway:
     """The DNS gateway of one policy (see the module text).
 
@@ -532,7 +551,7 @@ class Gateway:
         first, *others = self.hosts
         for attempt in range(20):
             udp, _ = await loop.create_datagram_endpoint(
-                lambda: _Udp(self), local_addr=(first, self._port)
+                lambda: _Udp(self), sock=_udp_socket(first, self._port)
             )
             port = int(udp.get_extra_info("sockname")[1])
             try:
@@ -549,7 +568,7 @@ class Gateway:
         for host in others:
             try:
                 more, _ = await loop.create_datagram_endpoint(
-                    lambda: _Udp(self), local_addr=(host, port)
+                    lambda: _Udp(self), sock=_udp_socket(host, port)
                 )
             except OSError as exc:
                 self.log.warning(

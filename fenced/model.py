@@ -90,12 +90,16 @@ class Policy:
     ``uids`` and ``gids`` are numeric (names were looked up when the file was read).
     ``cgroups`` are paths relative to the cgroup2 mount, without leading or trailing
     ``/``, e.g. ``system.slice/web.service``; each confines its whole subtree.
+    ``interfaces`` and ``sources`` name traffic the host *forwards* (containers, VMs):
+    packets entering from those interfaces, or from those source networks.
     """
 
     name: str
     uids: tuple[int, ...] = ()
     gids: tuple[int, ...] = ()
     cgroups: tuple[str, ...] = ()
+    interfaces: tuple[str, ...] = ()
+    sources: tuple[IPNetwork, ...] = ()
     mode: Mode = "enforce"
     outbound: tuple[Target, ...] = ()
     inbound: tuple[Listen, ...] = ()

@@ -222,6 +222,23 @@ def layout(config: Config) -> Layout:
     for level in sorted(levels):
         maps += [cgroup_map("out", level), cgroup_map("in", level)]
     maps += [cgroup_map("zone", level) for level in sorted(zone_levels)]
+    forwarded = [p for p in config.policies if p.interfaces or p.sources]
+    if forwarded:
+        chains.append("forward")
+    families = {n.version for p in forwarded for n in p.sources}
+    kinds = (["if"] if any(p.interfaces for p in forwarded) else []) + [
+        f"src{v}" for v in (4, 6) if v in families
+    ]
+    for kind in kinds:
+        maps += [f"m_{kind}_fwd", f"m_{kind}_fin"]
+    fwd_gateway = [p for p in forwarded if p.name in zones]
+    if fwd_gateway:
+        chains += ["dns_zone_in", "dns_redirect_in"]
+        if any(p.interfaces for p in fwd_gateway):
+            maps.append("m_if_zone")
+        for v in (4, 6):
+            if any(n.version == v for p in fwd_gateway for n in p.sources):
+                maps.append(f"m_src{v}_zone")
     by_domain: dict[str, list[DomainSet]] = {}
     for ds in domain_sets:
         for d in ds.domains:
@@ -370,15 +387,62 @@ def _gateway_chains(lay: Layout, gateway_ports: Mapping[str, int]) -> list[str]:
     redirect_rules: list[str] = []
     for name, zone in sorted(lay.zones.items()):
         port = gateway_ports[name]
-        for addr in ("ip saddr 127.0.0.1", "ip6 saddr ::1"):
-            # the gateway's answers belong to the zone of the flows they answer
-            zone_rules.append(
-                f"{addr} meta l4proto {{ tcp, udp }} th sport {port} ct zone set {zone}"
-            )
+        # the gateway's answers (its port is fenced's) belong to the zone they answer
+        zone_rules.append(f"meta l4proto {{ tcp, udp }} th sport {port} ct zone set {zone}")
         redirect_rules.append(f"ct zone {zone} {dns} redirect to :{port}")
     lines = ["chain dns_zone {", "type filter hook output priority raw; policy accept;"]
     lines += [*zone_rules, "}", "chain dns_redirect {"]
     lines += ["type nat hook output priority -100; policy accept;", *redirect_rules, "}"]
+    if "dns_zone_in" in lay.chains:
+        # forwarded subjects (containers, VMs): the same, as their packets come in
+        in_zone: list[str] = []
+        if "m_if_zone" in lay.maps:
+            in_zone.append(f"{dns} iifname vmap @m_if_zone")
+        for v, addr in ((4, "ip"), (6, "ip6")):
+            if f"m_src{v}_zone" in lay.maps:
+                in_zone.append(f"{dns} {addr} saddr vmap @m_src{v}_zone")
+        lines += ["chain dns_zone_in {", "type filter hook prerouting priority raw; policy accept;"]
+        lines += [*in_zone, "}", "chain dns_redirect_in {"]
+        lines += ["type nat hook prerouting priority -100; policy accept;", *redirect_rules, "}"]
+    return lines
+
+
+def _collapse(networks: Iterable[IPNetwork]) -> list[IPNetwork]:
+    """Networks merged so that none overlaps another (interval maps refuse overlaps)."""
+    nets = list(networks)
+    v4 = [n for n in nets if isinstance(n, ipaddress.IPv4Network)]
+    v6 = [n for n in nets if isinstance(n, ipaddress.IPv6Network)]
+    return [*ipaddress.collapse_addresses(v4), *ipaddress.collapse_addresses(v6)]
+
+
+def _forward_maps(config: Config, lay: Layout) -> list[str]:
+    """Verdict maps from interface / source network to the policy chains, forwarded path."""
+    lines: list[str] = []
+    fwd = [p for p in config.policies if p.interfaces or p.sources]
+
+    def decl(name: str, key: str, elements: Mapping[str, str], interval: bool) -> None:
+        lines.extend([f"map {name} {{", f"type {key} : verdict"])
+        if interval:
+            lines.append("flags interval")
+        if elements:
+            items = ", ".join(f"{k} : jump {v}" for k, v in sorted(elements.items()))
+            lines.append(f"elements = {{ {items} }}")
+        lines.append("}")
+
+    for kind, chain_kind in (("fwd", "out"), ("fin", "in"), ("zone", "zone")):
+        pols = [p for p in fwd if kind != "zone" or p.name in lay.zones]
+        if f"m_if_{kind}" in lay.maps:
+            ifs = {f'"{i}"': policy_chain(p.name, chain_kind) for p in pols for i in p.interfaces}  # type: ignore[arg-type]
+            decl(f"m_if_{kind}", "ifname", ifs, False)
+        for v in (4, 6):
+            if f"m_src{v}_{kind}" in lay.maps:
+                nets = {
+                    str(n): policy_chain(p.name, chain_kind)  # type: ignore[arg-type]
+                    for p in pols
+                    for n in _collapse(p.sources)
+                    if n.version == v
+                }
+                decl(f"m_src{v}_{kind}", "ipv4_addr" if v == 4 else "ipv6_addr", nets, True)
     return lines
 
 
@@ -430,6 +494,7 @@ def table_body(
     cg_maps = [m for m in lay.maps if m.startswith("m_cg_")]
     for m in cg_maps:
         lines += _map_decl(m, "cgroupsv2", {})
+    lines += _forward_maps(config, lay)
     for p in policies:
         lines += _chain(policy_chain(p.name, "out"), _out_chain(config, p, lay))
         lines += _chain(policy_chain(p.name, "in"), _in_chain(p, reply=False))
@@ -470,11 +535,32 @@ def table_body(
     lines += _chain("output", out_rules, hook="output")
 
     in_rules = [
-        f"ct mark & {REFUSED_MARK:#x} == {REFUSED_MARK:#x} meta l4proto tcp reject with tcp reset",
-        "ct state established,related accept",
+        f"ct mark & {REFUSED_MARK:#x} == {REFUSED_MARK:#x} meta l4proto tcp reject with tcp reset"
     ]
+    if "dns_zone_in" in lay.chains:
+        # forwarded subjects' DNS arrives at the gateway port through input: same guard
+        for name, zone in sorted(lay.zones.items()):
+            port = gateway_ports[name]
+            in_rules += [
+                f"meta l4proto {{ tcp, udp }} th dport {port} ct zone {zone} accept",
+                f"meta l4proto {{ tcp, udp }} th dport {port} drop",
+            ]
+    in_rules.append("ct state established,related accept")
     in_rules += [f"socket cgroupv2 level {lv} vmap @{cgroup_map('in', lv)}" for lv in levels]
     lines += _chain("input", in_rules, hook="input")
+    if "forward" in lay.chains:
+        fwd_rules = ["ct state established,related accept"]
+        if "m_if_fwd" in lay.maps:
+            fwd_rules.append("iifname vmap @m_if_fwd")
+        for v, addr in ((4, "ip"), (6, "ip6")):
+            if f"m_src{v}_fwd" in lay.maps:
+                fwd_rules.append(f"{addr} saddr vmap @m_src{v}_fwd")
+        if "m_if_fin" in lay.maps:
+            fwd_rules.append("oifname vmap @m_if_fin")
+        for v, addr in ((4, "ip"), (6, "ip6")):
+            if f"m_src{v}_fin" in lay.maps:
+                fwd_rules.append(f"{addr} daddr vmap @m_src{v}_fin")
+        lines += _chain("forward", fwd_rules, hook="forward")
     return lines
 
 

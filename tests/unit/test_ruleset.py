@@ -167,9 +167,7 @@ def test_gateway_policies_get_a_zone_redirect_and_guard() -> None:
     assert f"ct zone {zone} meta l4proto {{ tcp, udp }} th dport 53 redirect to :20001" in text
     assert "meta l4proto { tcp, udp } th dport 53 meta skuid vmap @m_uid_zone" in text
     assert "socket cgroupv2 level 2 vmap @m_cg_zone_2" in text
-    assert (
-        f"ip saddr 127.0.0.1 meta l4proto {{ tcp, udp }} th sport 20001 ct zone set {zone}" in text
-    )
+    assert f"meta l4proto {{ tcp, udp }} th sport 20001 ct zone set {zone}" in text
     guard = f"meta l4proto {{ tcp, udp }} ip daddr 127.0.0.1 th dport 20001 ct zone {zone} accept"
     output = text.split("chain output {")[1]
     assert output.index(guard) < output.index("ct state established,related accept")
@@ -202,3 +200,48 @@ def test_zones_are_distinct_and_stable() -> None:
     zones = dns_zones(names)
     assert len(set(zones.values())) == len(names)
     assert dns_zones(["p1", "p2"])["p1"] == dns_zones(["p1", "p2", "zz"])["p1"]
+
+
+def test_forwarded_subjects_use_the_same_policy_chains() -> None:
+    """interfaces/sources send new forwarded flows through the policy's out and in chains."""
+    nets = (
+        ipaddress.ip_network("203.0.113.128/26"),
+        ipaddress.ip_network("203.0.113.128/27"),  # inside the first: merged, no overlap
+        ipaddress.ip_network("2001:db8:c1::/64"),
+    )
+    cfg = _cfg(_web(uids=(), interfaces=("br-app",), sources=nets))
+    lay = layout(cfg)
+    text = script(cfg, lay)
+    fwd = text.split("chain forward {")[1]
+    assert "type filter hook forward priority filter; policy accept;" in fwd
+    assert fwd.index("ct state established,related accept") < fwd.index("iifname vmap")
+    for rule in (
+        "iifname vmap @m_if_fwd",
+        "ip saddr vmap @m_src4_fwd",
+        "ip6 saddr vmap @m_src6_fwd",
+        "oifname vmap @m_if_fin",
+        "ip daddr vmap @m_src4_fin",
+        "ip6 daddr vmap @m_src6_fin",
+    ):
+        assert rule in fwd
+    assert 'elements = { "br-app" : jump p_web_out }' in text
+    assert "elements = { 203.0.113.128/26 : jump p_web_out }" in text
+    assert "elements = { 2001:db8:c1::/64 : jump p_web_in }" in text
+    assert "dns_redirect_in" not in text  # a direct policy: no gateway for its containers
+
+
+def test_forwarded_gateway_policy_redirects_in_prerouting() -> None:
+    """A gateway policy's containers have their DNS zoned and redirected as it comes in."""
+    cfg = _cfg(_web(uids=(), interfaces=("br-app",), dns="gateway"))
+    lay = layout(cfg)
+    zone = lay.zones["web"]
+    text = script(cfg, lay, gateway_ports={"web": 20001})
+    zone_in = text.split("chain dns_zone_in {")[1].split("\n\t}")[0]
+    assert "type filter hook prerouting priority raw" in zone_in
+    assert "th dport 53 iifname vmap @m_if_zone" in zone_in
+    redirect_in = text.split("chain dns_redirect_in {")[1]
+    assert (
+        f"ct zone {zone} meta l4proto {{ tcp, udp }} th dport 53 redirect to :20001" in redirect_in
+    )
+    inp = text.split("chain input {")[1]
+    assert inp.index(f"th dport 20001 ct zone {zone} accept") < inp.index("established")
