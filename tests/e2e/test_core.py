@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import TypedDict, Unpack
 
 import pytest
@@ -269,3 +270,17 @@ def test_run_without_cap_net_admin_fails_with_one_line(bed: Bed) -> None:
     assert lines == [
         "fenced: cannot start: CAP_NET_ADMIN is missing (run as root or grant the capability)"
     ]
+
+
+def test_shipped_example_config_confines_its_demo_uid(bed: Bed) -> None:
+    """config/fenced.toml runs as shipped (resolver pinned to the bed's) and confines uid 64123."""
+    shipped = (Path(__file__).resolve().parents[2] / "config" / "fenced.toml").read_text()
+    assert "[daemon]\n" in shipped
+    text = shipped.replace("[daemon]\n", f'[daemon]\nresolvers = ["{C.RESOLVER_V4}"]\n', 1)
+    bed.dns.set("example.com", "A", [ALLOWED_V4], ttl=30)
+    fenced = Fenced(bed, text).start()
+    assert _outcome(bed, "tcp", C.GATEWAY_V4, 80, uid=64123) == "connected"  # 192.0.2.0/24:80
+    assert _outcome(bed, "tcp", ALLOWED_V4, 443, uid=64123) == "connected"  # example.com
+    assert _outcome(bed, "tcp", DENIED_V4, 80, uid=64123) == "refused"
+    assert _outcome(bed, "tcp", DENIED_V4, 80, uid=C.OTHER_UID) == "connected"
+    assert fenced.http("/healthz") == (200, "ok")
