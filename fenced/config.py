@@ -25,6 +25,7 @@ import json
 import os
 import pwd
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime, time
@@ -431,10 +432,27 @@ def load(
     return Config(daemon=config.daemon, policies=config.policies, files=tuple(files))
 
 
+#: Configuration files larger than this are refused (a policy file is a few KiB).
+MAX_FILE_BYTES = 4 << 20
+
+
 def _read_toml(file: str) -> dict[str, object]:
-    """Read and parse one TOML file; OSError if unreadable, ValueError if not TOML."""
-    with open(file, "rb") as f:
-        data = f.read()
+    """Read and parse one TOML file; OSError if unreadable, ValueError if not TOML.
+
+    Only regular files are read: a FIFO or a device would block the reader (the daemon)
+    until something writes to it. Files over ``MAX_FILE_BYTES`` and nesting deeper than
+    Python's parser can follow are errors, not crashes.
+    """
+    fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        if st.st_size > MAX_FILE_BYTES:
+            raise ValueError(f"larger than {MAX_FILE_BYTES // (1 << 20)} MiB")
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ValueError(f"larger than {MAX_FILE_BYTES // (1 << 20)} MiB")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -443,6 +461,8 @@ def _read_toml(file: str) -> dict[str, object]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"not valid TOML: {e}") from None
+    except RecursionError:
+        raise ValueError("not valid TOML: nested too deeply") from None
 
 
 def _os_reason(e: OSError) -> str:

@@ -232,7 +232,8 @@ class Daemon:
     async def _reload(self) -> bool:
         started: list[str] = []
         try:
-            cfg = self.loader(self.config_path)
+            # Off the event loop: a slow file system never stalls refreshes or repairs.
+            cfg = await asyncio.to_thread(self.loader, self.config_path)
             old = self.config
             started = await self._start_gateways(cfg)
             await self._apply(cfg)
