@@ -937,12 +937,14 @@ class _Validator:
         table: Mapping[str, object],
         field: str,
         parse: Callable[[str], _T],
+        *,
+        what: str = "strings",
     ) -> list[tuple[_T, str]]:
         """Each string of list ``field`` parsed, with its key path; problems reported."""
         key = f"{prefix}.{field}"
         if field not in table:
             return []
-        items = self.array(file, key, table[field], "strings")
+        items = self.array(file, key, table[field], what)
         if items is None:
             return []
         result: list[tuple[_T, str]] = []
@@ -958,23 +960,7 @@ class _Validator:
         return result
 
     def cgroups(self, file: str, prefix: str, table: Mapping[str, object]) -> list[tuple[str, str]]:
-        key = f"{prefix}.cgroups"
-        if "cgroups" not in table:
-            return []
-        items = self.array(file, key, table["cgroups"], "cgroup paths")
-        if items is None:
-            return []
-        result: list[tuple[str, str]] = []
-        for i, item in enumerate(items):
-            item_key = f"{key}[{i}]"
-            if not isinstance(item, str):
-                self.problem(file, item_key, f"expected a string, got {_describe(item)}")
-                continue
-            try:
-                result.append((_normalize_cgroup(item), item_key))
-            except ValueError as e:
-                self.problem(file, item_key, str(e))
-        return result
+        return self.strings(file, prefix, table, "cgroups", _normalize_cgroup, what="cgroup paths")
 
     def entries(
         self,

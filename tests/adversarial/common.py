@@ -11,15 +11,13 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TypedDict
 
-import pytest
-
 from tests.bed import constants as C
 from tests.bed.bed import Bed, Cgroup, ProbeResult
-from tests.bed.fenced_proc import Fenced, daemon_section, policy_section
+from tests.bed.fenced_proc import Fenced, daemon_section, eventually, policy_section
 
 KINDS = ("uid", "gid", "cgroup")
 #: Outcomes that mean "did not get through".
@@ -139,17 +137,6 @@ def expect(attempt: str, kind: str, want: str | Iterable[str], result: ProbeResu
     record(attempt, kind, "/".join(sorted(wants)), got)
     data = "" if isinstance(result, str) else result.data
     assert got in wants, f"{attempt} ({kind}): want {sorted(wants)}, got {got} {data}"
-
-
-def eventually(check: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``check`` until it is true; return the seconds it took; fail after ``timeout``."""
-    start = time.monotonic()
-    while True:
-        if check():
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            pytest.fail(f"not within {timeout} s: {what}")
-        time.sleep(0.05)
 
 
 def alive(fenced: Fenced) -> bool:

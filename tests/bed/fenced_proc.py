@@ -5,13 +5,26 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import pytest
 
 from tests.bed import constants as C
 from tests.bed.bed import Bed, BedError, Proc
 
 STARTUP_TIMEOUT = 20.0
+
+
+def eventually(check: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll ``check`` until it is true; return the seconds it took; fail after ``timeout``."""
+    start = time.monotonic()
+    while True:
+        if check():
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"not within {timeout} s: {what}")
+        time.sleep(0.05)
 
 
 def daemon_section(**overrides: object) -> str:

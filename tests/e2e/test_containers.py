@@ -13,8 +13,7 @@ from tests.bed.containers import (
     container_probe,
     publish,
 )
-from tests.bed.fenced_proc import Fenced, daemon_section, policy_section
-from tests.e2e.test_dns_refresh import eventually
+from tests.bed.fenced_proc import Fenced, daemon_section, eventually, policy_section
 
 pytestmark = pytest.mark.bed
 

@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import pytest
 
 from tests.bed import constants as C
 from tests.bed.bed import Bed
-from tests.bed.fenced_proc import Fenced, daemon_section, policy_section
+from tests.bed.fenced_proc import Fenced, daemon_section, eventually, policy_section
 
 pytestmark = pytest.mark.bed
 
 IP_A, IP_B, IP_C = C.SERVERS_V4_A[0], C.SERVERS_V4_A[1], C.SERVERS_V4_A[2]
 IP6_A = C.SERVERS_V6[0]
 FAST = {"min_ttl": 1, "grace": 1, "stale": 3}
-
-
-def eventually(check: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``check`` until it is true; return the seconds it took; fail after ``timeout``."""
-    start = time.monotonic()
-    while True:
-        if check():
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            pytest.fail(f"not within {timeout} s: {what}")
-        time.sleep(0.05)
 
 
 def tcp(bed: Bed, ip: str, port: int = 80) -> str:

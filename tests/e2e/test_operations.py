@@ -12,8 +12,8 @@ import pytest
 
 from tests.bed import constants as C
 from tests.bed.bed import Bed
-from tests.bed.fenced_proc import Fenced, daemon_section, policy_section
-from tests.e2e.test_dns_refresh import eventually, tcp
+from tests.bed.fenced_proc import Fenced, daemon_section, eventually, policy_section
+from tests.e2e.test_dns_refresh import tcp
 
 pytestmark = pytest.mark.bed
 
