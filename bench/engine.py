@@ -148,8 +148,8 @@ def policy_toml(records: Sequence[Record], server: str) -> str:
     )
 
 
-async def fenced_worker(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the instrumented refresher; return the measurements."""
+async def fenced_worker(args: argparse.Namespace) -> None:
+    """Run the instrumented refresher; print the measurements as JSON and exit."""
     records = zone(args.names, parse_ttl(args.ttl), args.seed)
     key2name: dict[bytes, str] = {}
     for r in records:
@@ -232,6 +232,7 @@ async def fenced_worker(args: argparse.Namespace) -> dict[str, Any]:
     while sum(answered.values()) < len(records) and time.monotonic() - t0 < args.warmup_max:
         await asyncio.sleep(0.05)
     first_pass = time.monotonic() - t0
+    print(f"bench: first pass {first_pass:.1f} s", file=sys.stderr, flush=True)
     await asyncio.sleep(args.settle)
     window["on"] = True
     ok0, fail0 = answered["ok"], sum(answered.values()) - answered["ok"]
@@ -239,6 +240,7 @@ async def fenced_worker(args: argparse.Namespace) -> dict[str, Any]:
     await asyncio.sleep(args.duration)
     cpu1, w1 = cpu_seconds(), time.monotonic()
     window["on"] = False
+    print("bench: window done", file=sys.stderr, flush=True)
     ok = answered["ok"] - ok0
     fails = sum(answered.values()) - answered["ok"] - fail0
     out = result(
@@ -253,12 +255,21 @@ async def fenced_worker(args: argparse.Namespace) -> dict[str, Any]:
         first_pass_s=first_pass,
         writes=fw.writes,
     )
-    await refresher.stop()
+    # Print before stopping: on Python 3.11 ``Refresher.stop()`` was seen to hang under
+    # overload (the loop's cancellation lost inside ``asyncio.wait_for``, CPython
+    # gh-86296); the worker then reports it and exits anyway.
+    try:
+        await asyncio.wait_for(asyncio.shield(refresher.stop()), 10.0)
+    except TimeoutError:
+        out["stop_hung"] = True
+        print("bench: Refresher.stop() did not return within 10 s", file=sys.stderr, flush=True)
     await fw.delete_table(cfg.daemon.table)
     fw.close()
     cfg_path.unlink()
     tmp.rmdir()
-    return out
+    # asyncio.run() would wait for a hung refresher task at shutdown: report and leave.
+    print(json.dumps(out), flush=True)
+    os._exit(0)
 
 
 # ------------------------------------------------------------------------------ orchestration
@@ -409,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--server", default=SERVER, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        print(json.dumps(asyncio.run(fenced_worker(args))), flush=True)
+        asyncio.run(fenced_worker(args))
         return 0
     if os.geteuid() != 0:
         print("needs root (network namespaces, nftables)", file=sys.stderr)
