@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fenced import config as config_mod
+from fenced.aio import wait_event
 from fenced.cgroups import CgroupWatcher, find_cgroup2_mount
 from fenced.errors import ConfigError, FencedError, FirewallError, SystemCheckError
 from fenced.firewall import OWN_NFT_PIDS, Firewall
@@ -193,9 +194,7 @@ class Daemon:
         watchdog = self.notifier.watchdog_interval()
         try:
             while True:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=watchdog)
-                except TimeoutError:
+                if not await wait_event(self._wake, watchdog):
                     if self.health()[0]:
                         self.notifier.watchdog()
                     continue

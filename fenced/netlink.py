@@ -394,11 +394,15 @@ def _check_name(what: str, name: str) -> None:
 
 def ipv4_key(addr: str | ipaddress.IPv4Address) -> bytes:
     """The 4-byte key (network order) of an IPv4 address; ValueError for anything else."""
+    if isinstance(addr, ipaddress.IPv4Address):
+        return addr.packed  # the hot path: no round trip through text
     return ipaddress.IPv4Address(addr).packed
 
 
 def ipv6_key(addr: str | ipaddress.IPv6Address) -> bytes:
     """The 16-byte key (network order) of an IPv6 address; ValueError for anything else."""
+    if isinstance(addr, ipaddress.IPv6Address):
+        return addr.packed
     return ipaddress.IPv6Address(addr).packed
 
 

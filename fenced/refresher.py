@@ -41,6 +41,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from fenced.aio import wait_event
 from fenced.cache import CacheEntry, Change, DnsCache
 from fenced.errors import FirewallError
 from fenced.firewall import Firewall
@@ -79,11 +80,8 @@ class MonotonicClock:
 
     async def wait_until(self, deadline: float | None, wake: asyncio.Event) -> None:
         """See ``Clock.wait_until``."""
-        if wake.is_set():
-            return
         timeout = None if deadline is None else max(0.0, deadline - self.now())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout)
+        await wait_event(wake, timeout)
 
     async def sleep(self, seconds: float) -> None:
         """See ``Clock.sleep``."""
