@@ -23,6 +23,9 @@ from fenced.ruleset import layout, script
 from fenced.status import DEFAULT_URL, fetch_status, format_status
 
 DEFAULT_CONFIG = "/etc/fenced/fenced.toml"
+#: First stand-in port ``fenced render`` shows for the DNS gateways (real ones are chosen
+#: by the kernel when ``fenced run`` starts them).
+RENDER_GATEWAY_PORT = 50053
 
 
 def _summary(cfg: Config) -> str:
@@ -71,7 +74,13 @@ def cmd_render(args: argparse.Namespace) -> int:
         _print_config_error(exc)
         return 1
     lay = layout(cfg)
-    sys.stdout.write(script(cfg, lay))
+    # The gateways' loopback ports are chosen when they start; show stand-ins.
+    ports = {name: RENDER_GATEWAY_PORT + i for i, name in enumerate(lay.gateways)}
+    sys.stdout.write(script(cfg, lay, gateway_ports=ports))
+    if ports:
+        print("# DNS gateway ports are chosen at run time; shown here as:")
+        for name, port in ports.items():
+            print(f"#   policy {name}: {port}")
     if lay.cgroups:
         print("# cgroup ids are written at run time over netlink:")
         for c in lay.cgroups:

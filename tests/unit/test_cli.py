@@ -1,0 +1,54 @@
+"""Unit tests of the command line: check and render on real files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fenced.__main__ import main
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "config" / "fenced.toml"
+
+
+def test_check_passes_on_the_shipped_example(capsys: pytest.CaptureFixture[str]) -> None:
+    """`fenced check config/fenced.toml` exits 0 with a summary."""
+    with pytest.raises(SystemExit) as done:
+        main(["check", str(EXAMPLE)])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ok: 1 file, 1 policy") and "demo" in out
+
+
+def test_check_reports_every_problem_with_file_and_key(tmp_path: Path) -> None:
+    """A broken file exits 1 with one `error: FILE: KEY: REASON` line per problem."""
+    bad = tmp_path / "fenced.toml"
+    bad.write_text('[policy.web]\nuids = [4242]\noutbound = ["x.example.com:99999"]\nbogus = 1\n')
+    cp = subprocess.run(
+        [sys.executable, "-m", "fenced", "check", "-c", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+    )
+    assert cp.returncode == 1
+    lines = cp.stderr.strip().splitlines()
+    assert any(line.startswith(f"error: {bad}: policy.web.outbound[0]: ") for line in lines)
+    assert any(line.startswith(f"error: {bad}: policy.web.bogus: ") for line in lines)
+
+
+def test_render_prints_a_complete_script_for_the_example(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`fenced render` prints the install script, gateway ports shown as stand-ins."""
+    with pytest.raises(SystemExit) as done:
+        main(["render", "-c", str(EXAMPLE)])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# fenced ruleset for table inet fenced")
+    assert "flush table inet fenced" in out
+    assert "redirect to :50053" in out
+    assert "#   policy demo: 50053" in out
