@@ -28,6 +28,7 @@ clock. Splitting big batches for netlink's 64 KiB limit is ``fenced.netlink``'s 
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import itertools
 import math
@@ -199,6 +200,9 @@ class Planner(Generic[K]):
         self._sets: dict[str, SetTarget] = {}
         self._known: set[str] = set()
         self._mirror: dict[str, dict[IPAddress, float]] = {}
+        # Lazy heap of (expiry, set, ip): rows whose expiry changed since are skipped, so
+        # expire() costs what expires, not the size of the mirror.
+        self._expiries: list[tuple[float, str, IPAddress]] = []
         self._where: dict[IPAddress, set[str]] = {}
         self._dirty: dict[tuple[str, IPAddress], int] = {}
         self._tick = itertools.count(1)
@@ -280,11 +284,28 @@ class Planner(Generic[K]):
 
         No writes: the kernel removes timed-out elements by itself.
         """
-        for name, ips in self._mirror.items():
-            gone = [ip for ip, exp in ips.items() if exp + self.linger <= now]
-            for ip in gone:
+        heap = self._expiries
+        while heap and heap[0][0] + self.linger <= now:
+            exp, name, ip = heapq.heappop(heap)
+            ips = self._mirror.get(name)
+            if ips is not None and ips.get(ip) == exp:
                 del ips[ip]
                 self._unwhere(name, ip)
+        if len(heap) > 4 * sum(len(v) for v in self._mirror.values()) + 1024:
+            self._expiries = [
+                (exp, name, ip)
+                for name, ips in self._mirror.items()
+                for ip, exp in ips.items()
+                if exp != math.inf
+            ]
+            heapq.heapify(self._expiries)
+
+    def _remember(self, name: str, ip: IPAddress, expiry: float) -> None:
+        """Set a mirror element's expiry (and schedule its forgetting)."""
+        self._mirror.setdefault(name, {})[ip] = expiry
+        self._where.setdefault(ip, set()).add(name)
+        if expiry != math.inf:
+            heapq.heappush(self._expiries, (expiry, name, ip))
 
     def wanted(self, now: float, name: str, ip: IPAddress) -> float | None:
         """The expiry set ``name`` should give ``ip`` now (None: it should not hold it)."""
@@ -354,13 +375,11 @@ class Planner(Generic[K]):
             raise ValueError("stale plan: the mirror changed since it was made")
         self.generation += 1
         for (name, ip), exp in plan.result.items():
-            ips = self._mirror.setdefault(name, {})
             if exp is None:
-                ips.pop(ip, None)
+                self._mirror.setdefault(name, {}).pop(ip, None)
                 self._unwhere(name, ip)
             else:
-                ips[ip] = exp
-                self._where.setdefault(ip, set()).add(name)
+                self._remember(name, ip, exp)
         for pair, tick in plan._ticks.items():
             if self._dirty.get(pair) == tick:
                 del self._dirty[pair]
@@ -383,7 +402,7 @@ class Planner(Generic[K]):
                 continue
             self._drop_set(name)
             self._known.add(name)
-            ips = self._mirror[name] = {}
+            self._mirror[name] = {}
             for e in elements:
                 try:
                     ip = key_to_ip(e.key)
@@ -391,8 +410,8 @@ class Planner(Generic[K]):
                     continue
                 if ip.version != target.family:
                     continue
-                ips[ip] = math.inf if e.expires_ms is None else now + e.expires_ms / 1000
-                self._where.setdefault(ip, set()).add(name)
+                exp = math.inf if e.expires_ms is None else now + e.expires_ms / 1000
+                self._remember(name, ip, exp)
         self.resync()
         return self.plan(now)
 
