@@ -9,7 +9,7 @@ import ipaddress
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import dns.flags
@@ -20,8 +20,18 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from fenced.resolver import Answer, DnsResolver, FakeResolver
+from fenced.resolver import (
+    Answer,
+    DnsResolver,
+    FakeResolver,
+    _fast_parse,
+    _judge,
+    _Part,
+    _UdpSocket,
+)
 
 Record = tuple[str, str, int, str]  # owner, type, ttl, rdata
 
@@ -284,3 +294,368 @@ async def test_fake_resolver_scripts_and_counts() -> None:
     assert (await fake.resolve("a.test")).status == "servfail"
     assert (await fake.resolve("b.test")).status == "nxdomain"
     assert fake.queries == {"a.test": 3, "b.test": 1}
+
+
+# ------------------------------------------------------------------------------ fast path
+
+
+def _response(
+    qname: str,
+    qtype: str,
+    answer: list[Record] = (),  # type: ignore[assignment]
+    *,
+    rcode: dns.rcode.Rcode = dns.rcode.NOERROR,
+    authority: list[Record] = (),  # type: ignore[assignment]
+    additional: list[Record] = (),  # type: ignore[assignment]
+    edns: bool = True,
+) -> tuple[bytes, bytes]:
+    """A dnspython-built response (compressed) and the question it answers, in wire form."""
+    query = dns.message.make_query(qname, qtype, use_edns=0 if edns else None, payload=1232)
+    response = dns.message.make_response(query)
+    response.set_rcode(rcode)
+    for section, records in (
+        (response.answer, answer),
+        (response.authority, authority),
+        (response.additional, additional),
+    ):
+        for owner, rtype, ttl, rdata in records:
+            rrset = dns.rrset.from_text(owner, ttl, "IN", rtype, rdata)
+            for old in section:
+                if old.name == rrset.name and old.rdtype == rrset.rdtype:
+                    for rd in rrset:
+                        old.add(rd, ttl)
+                    break
+            else:
+                section.append(rrset)
+    return response.to_wire(), _question(qname, qtype)
+
+
+def _question(qname: str, qtype: str) -> bytes:
+    wire = dns.name.from_text(qname).to_wire()
+    assert wire is not None
+    return wire + struct.pack("!HH", dns.rdatatype.from_text(qtype), 1)
+
+
+def _dnspython_part(wire: bytes, qname: str, qtype: str) -> _Part:
+    return _judge(
+        dns.message.from_wire(wire), dns.name.from_text(qname), dns.rdatatype.from_text(qtype)
+    )
+
+
+SOA = ("test.", "SOA", 300, "ns.test. admin.test. 1 7200 900 1209600 60")
+CHAIN = [
+    ("www.test.", "CNAME", 600, "Edge.test."),
+    ("edge.TEST.", "CNAME", 30, "host.cdn.test."),
+    ("host.cdn.test.", "A", 3600, "198.51.100.5"),
+    ("host.cdn.test.", "A", 100, "198.51.100.6"),
+    ("host.cdn.test.", "AAAA", 50, "2001:db8::5"),
+    ("other.test.", "A", 3600, "203.0.113.66"),
+]
+FAST_CASES: list[tuple[str, str, dict[str, object]]] = [
+    ("web.test", "A", {"answer": [("web.test.", "A", 300, "192.0.2.10")]}),
+    ("web.test", "AAAA", {"answer": [("web.test.", "AAAA", 120, "2001:db8::10")]}),
+    ("many.test", "A", {"answer": [("many.test.", "A", 60, f"192.0.2.{i}") for i in range(9)]}),
+    ("dup.test", "A", {"answer": [("dup.test.", "A", 60, "192.0.2.1")] * 2}),
+    ("www.test", "A", {"answer": CHAIN}),
+    ("www.test", "AAAA", {"answer": CHAIN}),
+    ("WWW.Test", "A", {"answer": CHAIN}),
+    ("gone.test", "A", {"rcode": dns.rcode.NXDOMAIN, "authority": [SOA]}),
+    ("gone.test", "AAAA", {"rcode": dns.rcode.NXDOMAIN}),
+    ("mx.test", "A", {"authority": [SOA]}),
+    ("mx.test", "AAAA", {"edns": False}),
+    ("alias.test", "A", {"answer": [("alias.test.", "CNAME", 60, "target.test.")]}),
+    (
+        "l1.test",
+        "A",
+        {"answer": [("l1.test.", "CNAME", 60, "l2.test."), ("l2.test.", "CNAME", 9, "l1.test.")]},
+    ),
+    (
+        "c0.test",
+        "A",
+        {"answer": [(f"c{i}.test.", "CNAME", 60 - i, f"c{i + 1}.test.") for i in range(20)]},
+    ),
+    (
+        "v4only.test",
+        "AAAA",
+        {"answer": [("v4only.test.", "A", 60, "192.0.2.3")], "authority": [SOA]},
+    ),
+    (
+        "glue.test",
+        "A",
+        {
+            "answer": [("glue.test.", "A", 60, "192.0.2.4")],
+            "authority": [("test.", "NS", 60, "ns.test.")],
+            "additional": [("ns.test.", "A", 60, "192.0.2.53"), ("ns.test.", "AAAA", 60, "::1")],
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(("qname", "qtype", "kw"), FAST_CASES)
+def test_fast_parse_matches_dnspython(qname: str, qtype: str, kw: dict[str, object]) -> None:
+    """The hand parser gives the very outcome dnspython's parse + _chase gives."""
+    wire, question = _response(qname, qtype, **kw)  # type: ignore[arg-type]
+    fast = _fast_parse(wire, question, dns.rdatatype.from_text(qtype))
+    assert fast is not None
+    assert fast == _dnspython_part(wire, qname, qtype)
+
+
+def test_fast_parse_sees_compression() -> None:
+    """The CHAIN answer really is compressed (pointers into the question and records)."""
+    wire, question = _response("www.test", "A", CHAIN)
+    assert wire.count(b"\xc0") >= 4
+    part = _fast_parse(wire, question, 1)
+    assert part is not None and (part.status, part.ttl) == ("ok", 30)
+    assert part.cnames == ("Edge.test", "host.cdn.test")
+    assert set(part.ips) == {
+        ipaddress.ip_address("198.51.100.5"),
+        ipaddress.ip_address("198.51.100.6"),
+    }
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda w: w[:2] + bytes([w[2] | 0x02]) + w[3:],  # TC
+        lambda w: w[:3] + bytes([(w[3] & 0xF0) | 2]) + w[4:],  # SERVFAIL
+        lambda w: w[:3] + bytes([(w[3] & 0xF0) | 5]) + w[4:],  # REFUSED
+        lambda w: w[:2] + bytes([w[2] & 0x7F]) + w[3:],  # not a response
+        lambda w: w[:-1],  # cut short
+        lambda w: w + b"\0",  # trailing junk
+        lambda w: w[:12] + b"\x03wwx" + w[16:],  # another question
+        lambda w: w[:26] + b"\xc0\xff" + w[28:],  # a forward pointer as first owner
+    ],
+)
+def test_fast_parse_declines(mangle: object) -> None:
+    """Anything but a plain, well-formed NOERROR/NXDOMAIN answer goes to dnspython."""
+    wire, question = _response("www.test", "A", CHAIN)
+    assert callable(mangle)
+    assert _fast_parse(mangle(wire), question, 1) is None
+
+
+def test_fast_parse_declines_other_types() -> None:
+    """Record types the hand parser does not know (DNAME, TXT...) go to dnspython."""
+    wire, question = _response(
+        "www.test", "A", [("www.test.", "TXT", 60, '"x"'), ("www.test.", "A", 60, "192.0.2.1")]
+    )
+    assert _fast_parse(wire, question, 1) is None
+    assert _dnspython_part(wire, "www.test", "A").ips == (ipaddress.ip_address("192.0.2.1"),)
+
+
+def test_pointer_loop_declines() -> None:
+    """A compression pointer to itself (a loop) is malformed, not a hang."""
+    wire, question = _response("web.test", "A", [("web.test.", "A", 60, "192.0.2.1")])
+    qend = 12 + len(question)
+    looped = wire[:qend] + struct.pack("!H", 0xC000 | qend) + wire[qend + 2 :]
+    assert _fast_parse(looped, question, 1) is None
+
+
+def _mutations() -> st.SearchStrategy[bytes]:
+    bases = [_response(q, t, **kw)[0] for q, t, kw in FAST_CASES]  # type: ignore[arg-type]
+    edits = st.lists(st.tuples(st.integers(0, 600), st.integers(0, 255)), max_size=4)
+
+    def mutate(base: bytes, changes: list[tuple[int, int]], cut: int) -> bytes:
+        b = bytearray(base)
+        for pos, val in changes:
+            if pos < len(b):
+                b[pos] = val
+        return bytes(b[: len(b) - cut]) if cut < len(b) else bytes(b)
+
+    return st.one_of(
+        st.binary(max_size=600),
+        st.builds(mutate, st.sampled_from(bases), edits, st.integers(0, 3)),
+    )
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_mutations(), st.sampled_from(FAST_CASES))
+def test_fast_parse_random_bytes(wire: bytes, case: tuple[str, str, object]) -> None:
+    """Random or mangled answers never raise; accepted ones read as dnspython reads them.
+
+    What the hand parser accepts, dnspython parses too and reads the same, so no address
+    comes from a malformed answer.
+    """
+    qname, qtype, _kw = case
+    question = _question(qname, qtype)
+    wire = wire[:12] + question + wire[12 + len(question) :] if len(wire) > 12 else wire
+    fast = _fast_parse(wire, question, dns.rdatatype.from_text(qtype))
+    if fast is not None:
+        assert fast == _dnspython_part(wire, qname, qtype)
+    sock = _UdpSocket()
+    loop = asyncio.new_event_loop()
+    try:
+        fut: asyncio.Future[bytes] = loop.create_future()
+        sock.pending[int.from_bytes(wire[:2] or b"\0\0", "big")] = (question, fut)
+        sock.datagram_received(wire, ("127.0.0.1", 53))  # never raises
+    finally:
+        loop.close()
+
+
+Reply = Callable[[bytes], list[bytes]]
+
+
+class _Raw(asyncio.DatagramProtocol):
+    """A UDP server answering each query with ``reply(query)`` (any datagrams)."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        self.transport: asyncio.DatagramTransport | None = None
+        self.queries: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.queries.append(data)
+        assert self.transport is not None
+        for out in self.reply(data):
+            self.transport.sendto(out, addr)
+
+
+@contextlib.asynccontextmanager
+async def raw_server(reply: Reply) -> AsyncIterator[tuple[int, _Raw]]:
+    """Serve ``reply`` on 127.0.0.1 (UDP); yield the port and the protocol."""
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_datagram_endpoint(
+        lambda: _Raw(reply), local_addr=("127.0.0.1", 0)
+    )
+    try:
+        yield transport.get_extra_info("sockname")[1], proto
+    finally:
+        transport.close()
+
+
+def _good(query: bytes, ip4: str = "192.0.2.1", ip6: str = "2001:db8::1") -> bytes:
+    q = dns.message.from_wire(query)
+    r = dns.message.make_response(q)
+    qt = q.question[0].rdtype
+    rdata = ip4 if qt == dns.rdatatype.A else ip6
+    r.answer.append(dns.rrset.from_text(q.question[0].name, 60, "IN", qt, rdata))
+    return r.to_wire()
+
+
+async def test_fast_path_is_used_and_sockets_are_reused() -> None:
+    """Plain answers take the fast path: no dnspython, a few long-lived sockets."""
+    async with raw_server(lambda q: [_good(q)]) as (port, _proto):
+        r = _resolver(port)
+        answers = [await r.resolve(f"n{i}.test") for i in range(20)]
+        pool = r._pools["127.0.0.1"]
+        assert all(s is not None for s in pool.slots)
+        sockets = {id(s) for s in pool.slots}
+        await r.close()
+    assert all(a.status == "ok" and len(a.ips) == 2 for a in answers)
+    assert r.paths == {"fast": 40}
+    assert len(sockets) == 4
+
+
+async def test_fast_and_dnspython_paths_agree() -> None:
+    """Over the network, both paths give equal Answers for the same zone."""
+    zone = Zone(
+        [
+            ("www.test", "CNAME", 600, "edge.test."),
+            ("edge.test", "CNAME", 30, "host.test."),
+            ("host.test", "A", 3600, "198.51.100.5"),
+            ("host.test", "AAAA", 300, "2001:db8::5"),
+            ("alias.test", "CNAME", 60, "nowhere.test."),
+        ],
+        rcodes={"gone.test": dns.rcode.NXDOMAIN, "bad.test": dns.rcode.SERVFAIL},
+    )
+    names = ["www.test", "edge.test", "host.test", "alias.test", "gone.test", "bad.test", "x.test"]
+    async with dns_server(zone) as port:
+        fast = _resolver(port)
+        slow = DnsResolver(["127.0.0.1"], port=port, timeout=1.0, attempts=1, fast=False)
+        for name in names:
+            assert await fast.resolve(name) == await slow.resolve(name), name
+        await fast.close()
+    assert fast.paths["fast"] == 2 * len(names) and "dnspython" not in fast.paths
+
+
+async def test_mismatched_id_and_question_are_ignored() -> None:
+    """Answers with another ID or another question are dropped; the real one counts."""
+
+    def reply(query: bytes) -> list[bytes]:
+        real = _good(query)
+        wrong_id = bytes([query[0] ^ 0xFF]) + _good(query, "203.0.113.1", "2001:db8::bad")[1:]
+        other = dns.message.from_wire(query)
+        other.question[0].name = dns.name.from_text("evil.test")
+        spoof = dns.message.make_response(other)
+        qt = other.question[0].rdtype
+        spoof.answer.append(
+            dns.rrset.from_text(
+                "evil.test.", 60, "IN", qt, "203.0.113.2" if qt == 1 else "2001:db8::bad"
+            )
+        )
+        return [wrong_id, spoof.to_wire(), real]
+
+    async with raw_server(reply) as (port, _proto):
+        r = _resolver(port)
+        ans = await r.resolve("ok.test")
+        await r.close()
+    assert ans == Answer.ok(["192.0.2.1", "2001:db8::1"], 60)
+    assert r.paths == {"fast": 2}
+
+
+async def test_malformed_answer_falls_back_to_dnspython() -> None:
+    """A malformed answer with the right ID and question is asked again with dnspython."""
+    count = collections.Counter[str]()
+
+    def reply(query: bytes) -> list[bytes]:
+        count["q"] += 1
+        good = _good(query)
+        if count["q"] <= 2:  # the fast path's two queries: cut short
+            return [good[:-3]]
+        return [good]
+
+    async with raw_server(reply) as (port, proto):
+        r = _resolver(port)
+        ans = await r.resolve("m.test")
+        await r.close()
+    assert ans == Answer.ok(["192.0.2.1", "2001:db8::1"], 60)
+    assert r.paths == {"dnspython": 2}
+    assert len(proto.queries) == 4
+
+
+async def test_servfail_on_fast_path_is_servfail() -> None:
+    """SERVFAIL read by the fast socket is judged like dnspython's (no second query)."""
+    async with dns_server(Zone(rcodes={"bad.test": dns.rcode.SERVFAIL})) as port:
+        r = _resolver(port)
+        ans = await r.resolve("bad.test")
+        await r.close()
+    slow = Answer("servfail", detail="127.0.0.1 A: SERVFAIL; 127.0.0.1 AAAA: SERVFAIL")
+    assert ans == slow
+    assert r.paths == {"fast": 2}
+
+
+async def test_truncated_goes_to_tcp_only() -> None:
+    """TC on the fast socket: dnspython over TCP, without a second UDP query."""
+    zone = Zone([("big.test", "A", 60, "192.0.2.1")], truncate={"big.test"})
+    async with dns_server(zone) as port:
+        r = _resolver(port)
+        ans = await r.resolve("big.test")
+        await r.close()
+    assert ans.status == "ok"
+    assert r.paths["tcp"] == 2
+    assert zone.seen[("udp", "big.test", "A")] == 1
+
+
+async def test_socket_rotation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A socket is replaced after ROTATE_QUERIES queries (new random source port)."""
+    monkeypatch.setattr("fenced.resolver.ROTATE_QUERIES", 3)
+    async with raw_server(lambda q: [_good(q)]) as (port, proto):
+        r = _resolver(port)
+        for i in range(12):
+            assert (await r.resolve(f"r{i}.test")).status == "ok"
+        await r.close()
+    # 24 queries over 4 slots, 3 queries per socket: 8 sockets, each its own port
+    assert r.paths == {"fast": 24}
+    assert len(proto.queries) == 24
+
+
+async def test_resolver_survives_a_new_event_loop() -> None:
+    """Sockets belong to one loop: a resolver used from another loop opens new ones."""
+    async with raw_server(lambda q: [_good(q)]) as (port, _proto):
+        r = _resolver(port)
+        assert (await r.resolve("a.test")).status == "ok"
+        r._loop = None  # as if called from another loop
+        assert (await r.resolve("b.test")).status == "ok"
+        await r.close()
