@@ -96,8 +96,9 @@ _DENY_RESPONSES: Final[dict[str, DenyResponse]] = {"nxdomain": "nxdomain", "refu
 
 _T = TypeVar("_T")
 
-_TOP_KEYS: Final = ("daemon", "policy")
-_DAEMON_KEYS: Final = (
+#: The keys each table of a policy file may have (anything else is an error).
+TOP_KEYS: Final = ("daemon", "policy")
+DAEMON_KEYS: Final = (
     "listen",
     "table",
     "resolvers",
@@ -108,7 +109,7 @@ _DAEMON_KEYS: Final = (
     "max_ips_per_name",
     "on_exit",
 )
-_POLICY_KEYS: Final = (
+POLICY_KEYS: Final = (
     "uids",
     "gids",
     "cgroups",
@@ -613,7 +614,7 @@ class _Validator:
         table = self.table(file, "daemon", value)
         if table is None:
             return d
-        self.unknown_keys(file, "daemon", table, _DAEMON_KEYS)
+        self.unknown_keys(file, "daemon", table, DAEMON_KEYS)
 
         listen = self.string(file, "daemon.listen", table, "listen", d.listen)
         if listen:
@@ -716,7 +717,7 @@ class _Validator:
 
     def document(self, file: str, doc: Mapping[str, object], main_path: str | None) -> None:
         """Check one document; ``main_path`` is None for the main file itself."""
-        self.unknown_keys(file, "", doc, _TOP_KEYS)
+        self.unknown_keys(file, "", doc, TOP_KEYS)
         if main_path is not None and "daemon" in doc:
             self.problem(file, "daemon", f"[daemon] is allowed only in the main file ({main_path})")
         if "policy" not in doc:
@@ -750,7 +751,7 @@ class _Validator:
             return
         if usable:
             self.policy_file[name] = file
-        self.unknown_keys(file, key, table, _POLICY_KEYS)
+        self.unknown_keys(file, key, table, POLICY_KEYS)
 
         uids = self.ids(file, key, table, "uids", what="user", lookup=self.lookup_user)
         gids = self.ids(file, key, table, "gids", what="group", lookup=self.lookup_group)
