@@ -472,7 +472,6 @@ class Daemon:
         Listeners come before the ruleset that redirects to them, so no query meets a
         closed port. Kept policies keep their port (and get the new policy on success).
         """
-        servers = tuple(str(r) for r in cfg.daemon.resolvers) or DnsResolver.from_system().servers
         started: list[str] = []
         try:
             for policy in cfg.policies:
@@ -482,17 +481,15 @@ class Daemon:
                 # interface it arrived on: listen on every address (the ruleset's guard
                 # lets only the policy's own zone reach the port).
                 forwarded = bool(policy.interfaces or policy.sources)
-                gw = Gateway(
+                gw = Gateway.for_policy(
                     policy,
-                    servers=servers,
+                    cfg.daemon,
                     learn=self._learn,
                     port=0,
                     hosts=("0.0.0.0", "::") if forwarded else ("127.0.0.1", "::1"),
-                    max_ttl=cfg.daemon.max_ttl,
                     stats=_GatewayMetrics(self.metrics),
                     logger=self.log,
                 )
-                gw.max_ips = cfg.daemon.max_ips_per_name
                 await gw.start()
                 self.gateways[policy.name] = gw
                 started.append(policy.name)
@@ -505,17 +502,13 @@ class Daemon:
 
     async def _retire_gateways(self, cfg: Config) -> None:
         """After a reload went in: reconfigure kept gateways, stop those no longer wanted."""
-        servers = tuple(str(r) for r in cfg.daemon.resolvers) or DnsResolver.from_system().servers
         wanted = {p.name: p for p in cfg.policies if p.dns == "gateway"}
         for name in list(self.gateways):
             policy = wanted.get(name)
             if policy is None:
                 await self.gateways.pop(name).stop()
-                continue
-            gw = self.gateways[name]
-            gw.configure(policy)
-            gw.servers, gw.max_ttl = servers, cfg.daemon.max_ttl
-            gw.max_ips = cfg.daemon.max_ips_per_name
+            else:
+                self.gateways[name].configure(policy, cfg.daemon)
 
     async def _learn(
         self,

@@ -359,8 +359,17 @@ def _in_chain(policy: Policy, *, reply: bool) -> list[str]:
     return rules + _deny(policy, "in", reply=reply)
 
 
-def _map_decl(name: str, key: str, elements: Mapping[int, str]) -> list[str]:
+def _map_decl(
+    name: str,
+    key: str,
+    elements: Mapping[int, str] | Mapping[str, str],
+    *,
+    interval: bool = False,
+) -> list[str]:
+    """A verdict map ``key -> jump chain``; ``interval`` for maps keyed by networks."""
     lines = [f"map {name} {{", f"type {key} : verdict"]
+    if interval:
+        lines.append("flags interval")
     if elements:
         items = ", ".join(f"{k} : jump {v}" for k, v in sorted(elements.items()))
         lines.append(f"elements = {{ {items} }}")
@@ -419,30 +428,26 @@ def _forward_maps(config: Config, lay: Layout) -> list[str]:
     """Verdict maps from interface / source network to the policy chains, forwarded path."""
     lines: list[str] = []
     fwd = [p for p in config.policies if p.interfaces or p.sources]
-
-    def decl(name: str, key: str, elements: Mapping[str, str], interval: bool) -> None:
-        lines.extend([f"map {name} {{", f"type {key} : verdict"])
-        if interval:
-            lines.append("flags interval")
-        if elements:
-            items = ", ".join(f"{k} : jump {v}" for k, v in sorted(elements.items()))
-            lines.append(f"elements = {{ {items} }}")
-        lines.append("}")
-
-    for kind, chain_kind in (("fwd", "out"), ("fin", "in"), ("zone", "zone")):
+    kinds: tuple[tuple[str, Literal["out", "in", "zone"]], ...] = (
+        ("fwd", "out"),
+        ("fin", "in"),
+        ("zone", "zone"),
+    )
+    for kind, chain_kind in kinds:
         pols = [p for p in fwd if kind != "zone" or p.name in lay.zones]
         if f"m_if_{kind}" in lay.maps:
-            ifs = {f'"{i}"': policy_chain(p.name, chain_kind) for p in pols for i in p.interfaces}  # type: ignore[arg-type]
-            decl(f"m_if_{kind}", "ifname", ifs, False)
+            ifs = {f'"{i}"': policy_chain(p.name, chain_kind) for p in pols for i in p.interfaces}
+            lines += _map_decl(f"m_if_{kind}", "ifname", ifs)
         for v in (4, 6):
             if f"m_src{v}_{kind}" in lay.maps:
                 nets = {
-                    str(n): policy_chain(p.name, chain_kind)  # type: ignore[arg-type]
+                    str(n): policy_chain(p.name, chain_kind)
                     for p in pols
                     for n in _collapse(p.sources)
                     if n.version == v
                 }
-                decl(f"m_src{v}_{kind}", "ipv4_addr" if v == 4 else "ipv6_addr", nets, True)
+                key = "ipv4_addr" if v == 4 else "ipv6_addr"
+                lines += _map_decl(f"m_src{v}_{kind}", key, nets, interval=True)
     return lines
 
 
