@@ -12,7 +12,7 @@ import asyncio
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,7 +113,6 @@ class Daemon:
         self._fw_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._requests: list[str] = []
-        self._tasks: set[asyncio.Task[None]] = set()
         self._cgroup_dirty = False
         self.metrics = metrics or Metrics()
         self.notifier = notifier or Notifier(None)
@@ -213,9 +212,9 @@ class Daemon:
         finally:
             await self.stop()
 
-    async def _guarded(self, coro: object, event: str) -> None:
+    async def _guarded(self, coro: Awaitable[None], event: str) -> None:
         try:
-            await coro  # type: ignore[misc]
+            await coro
         except FencedError as exc:
             self.log.error(event, error=str(exc))
 
@@ -295,8 +294,6 @@ class Daemon:
         if self._watcher is not None:
             self._watcher.stop(loop)
         self._unwatch_table()
-        for task in list(self._tasks):
-            task.cancel()
         if self.refresher is not None:
             await self.refresher.stop()
         if self.config is not None and self.config.daemon.on_exit == "remove":
@@ -607,4 +604,4 @@ async def run_daemon(config_path: str, firewall: Firewall) -> None:
     await daemon.run()
 
 
-__all__ = ["Daemon", "FirewallError", "State", "has_cap_net_admin", "preflight", "run_daemon"]
+__all__ = ["Daemon", "State", "has_cap_net_admin", "preflight", "run_daemon"]
