@@ -62,10 +62,25 @@ def cgroups() -> Iterator[Path]:
         root.rmdir()
 
 
+def _loader(path: str | Path) -> Config:
+    """The real loader, with no user or group database (the tests use numbers)."""
+    return config_mod.load(path, lookup_user=lambda _n: None, lookup_group=lambda _n: None)
+
+
+def _listing(netns: str) -> str:
+    """``nft list table inet fenced`` inside ``netns``."""
+    return subprocess.run(
+        ["nsenter", f"--net={netns}", "nft", "list", "table", "inet", "fenced"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
 def _load(text: str, tmp: Path) -> Config:
     path = tmp / "fenced.toml"
     path.write_text(text)
-    return config_mod.load(path, lookup_user=lambda _n: None, lookup_group=lambda _n: None)
+    return _loader(path)
 
 
 EVERYTHING = """
@@ -150,9 +165,6 @@ outbound = ["api.example.com:443/tcp", "new.example.com:22/tcp"]
     config_file = tmp_path / "fenced.toml"
     config_file.write_text(first)
 
-    def loader(path: str) -> Config:
-        return config_mod.load(path, lookup_user=lambda _n: None, lookup_group=lambda _n: None)
-
     fw = KernelFirewall(netns)
     dns = FakeResolver()
     dns.script("api.example.com", Answer.ok(["198.51.100.7", "2001:db8::7"], ttl=600))
@@ -160,7 +172,7 @@ outbound = ["api.example.com:443/tcp", "new.example.com:22/tcp"]
     daemon = Daemon(
         str(config_file),
         fw,
-        loader=loader,
+        loader=_loader,
         logger=Logger(sys.stderr),
         resolver_factory=lambda _cfg: dns,
     )
@@ -207,29 +219,16 @@ async def test_invalid_reload_changes_nothing(netns: str, tmp_path: Path) -> Non
     )
     config_file.write_text(good)
 
-    def loader(path: str) -> Config:
-        return config_mod.load(path, lookup_user=lambda _n: None, lookup_group=lambda _n: None)
-
     fw = KernelFirewall(netns)
-    daemon = Daemon(str(config_file), fw, loader=loader, logger=Logger(sys.stderr))
+    daemon = Daemon(str(config_file), fw, loader=_loader, logger=Logger(sys.stderr))
     try:
         await daemon.start()
-        listing = subprocess.run(
-            ["nsenter", f"--net={netns}", "nft", "list", "table", "inet", "fenced"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        listing = _listing(netns)
         config_file.write_text(good.replace("uids = [4242]", "uids = [4242]\nbogus = 1"))
         assert not await daemon.reload()
         assert daemon.state.last_reload == "error"
         assert "policy.web.bogus" in (daemon.state.last_reload_error or "")
-        after = subprocess.run(
-            ["nsenter", f"--net={netns}", "nft", "list", "table", "inet", "fenced"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        after = _listing(netns)
         assert after == listing
         assert daemon.state.generation == 1
     finally:
