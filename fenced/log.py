@@ -3,7 +3,8 @@
 ``event`` names what happened (``ruleset_installed``, ``dns_failed``, ...); fields such
 as ``policy``, ``domain``, ``ips``, ``ttl`` and ``error`` follow in the order given.
 Lines carry an ISO timestamp unless stderr is the systemd journal (``JOURNAL_STREAM``
-names stderr's device and inode), which stamps lines itself.
+names stderr's device and inode), which stamps lines itself. Booleans are written
+``true`` and ``false``.
 """
 
 from __future__ import annotations
@@ -27,11 +28,18 @@ def _stderr_is_journal(stream: TextIO) -> bool:
     return (st.st_dev, st.st_ino) == (dev, ino)
 
 
+def _text(value: object) -> str:
+    """A value as written in a line: booleans as ``true``/``false``, others with ``str``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def _quote(value: object) -> str:
     if isinstance(value, (list, tuple, set, frozenset)):
-        text = ",".join(str(v) for v in value)
+        text = ",".join(_text(v) for v in value)
     else:
-        text = str(value)
+        text = _text(value)
     if text == "" or any(c in text for c in ' "=\n\t'):
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
     return text

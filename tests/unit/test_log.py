@@ -57,3 +57,14 @@ def test_level_threshold() -> None:
     log.error("loud", error="boom")
     assert "quiet" not in out.getvalue()
     assert "event=loud error=boom" in out.getvalue()
+
+
+def test_booleans_are_written_true_and_false() -> None:
+    """A boolean field reads `true`/`false` (as in TOML and JSON), not Python's True/False."""
+    assert (
+        format_line("info", "stopped", [("table", "fenced"), ("table_kept", True)])
+        == "level=info event=stopped table=fenced table_kept=true"
+    )
+    assert format_line("info", "x", [("ok", False), ("flags", [True, False])]) == (
+        "level=info event=x ok=false flags=true,false"
+    )
