@@ -22,17 +22,21 @@ from fenced.model import Config
 from fenced.ruleset import layout, script
 from fenced.status import DEFAULT_URL, fetch_status, format_status
 
-DEFAULT_CONFIG = "/etc/fenced/fenced.toml"
+DEFAULT_CONFIG = config_mod.DEFAULT_PATH
 #: First stand-in port ``fenced render`` shows for the DNS gateways (real ones are chosen
 #: by the kernel when ``fenced run`` starts them).
 RENDER_GATEWAY_PORT = 50053
 
 
+def _count(n: int, one: str, many: str) -> str:
+    """``n`` and the noun that goes with it: ``1 domain``, ``0 domains``, ``3 domains``."""
+    return f"{n} {one if n == 1 else many}"
+
+
 def _summary(cfg: Config) -> str:
-    n_files, n_pol = len(cfg.files), len(cfg.policies)
     lines = [
-        f"ok: {n_files} file{'s' if n_files != 1 else ''}, "
-        f"{n_pol} polic{'ies' if n_pol != 1 else 'y'}, table inet {cfg.daemon.table}"
+        f"ok: {_count(len(cfg.files), 'file', 'files')}, "
+        f"{_count(len(cfg.policies), 'policy', 'policies')}, table inet {cfg.daemon.table}"
     ]
     for p in cfg.policies:
         subjects = []
@@ -44,7 +48,7 @@ def _summary(cfg: Config) -> str:
             subjects.append("cgroups " + ",".join(p.cgroups))
         lines.append(
             f"  {p.name} ({p.mode}): {'; '.join(subjects)}; {len(p.outbound)} outbound "
-            f"({len(p.domains)} domains), {len(p.inbound)} inbound, loopback "
+            f"({_count(len(p.domains), 'domain', 'domains')}), {len(p.inbound)} inbound, loopback "
             f"{'yes' if p.loopback else 'no'}"
         )
     return "\n".join(lines)
@@ -135,8 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
         ("run", cmd_run, "install the ruleset and keep it current"),
     ):
         p = sub.add_parser(name, help=help_)
-        p.add_argument("-c", "--config", dest="config_opt", help="main config file")
-        p.add_argument("config_pos", nargs="?", metavar="CONFIG", help="same as -c")
+        p.add_argument(
+            "-c",
+            "--config",
+            dest="config_opt",
+            metavar="PATH",
+            help=f"main config file; fenced.d/*.toml beside it are read too "
+            f"(default {DEFAULT_CONFIG})",
+        )
+        p.add_argument("config_pos", nargs="?", metavar="PATH", help="same as -c PATH")
         p.set_defaults(func=func)
     p = sub.add_parser("status", help="show a running daemon's status (over HTTP)")
     p.add_argument(

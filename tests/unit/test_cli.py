@@ -52,3 +52,36 @@ def test_render_prints_a_complete_script_for_the_example(
     assert "flush table inet fenced" in out
     assert "redirect to :50053" in out
     assert "#   policy demo: 50053" in out
+
+
+def test_check_summary_counts_agree_with_their_nouns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`fenced check` writes "1 domain" and "2 domains", never "1 domains"."""
+    main_file = tmp_path / "fenced.toml"
+    main_file.write_text(
+        '[daemon]\nresolvers = ["192.0.2.53"]\n'
+        '[policy.one]\nuids = [4242]\noutbound = ["a.example.com:443", "192.0.2.0/24:80",'
+        ' "[2001:db8::1]:443"]\n'
+        '[policy.two]\nuids = [4243]\noutbound = ["a.example.com:443", "b.example.com:443"]\n'
+    )
+    with pytest.raises(SystemExit) as done:
+        main(["check", str(main_file)])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "  one (enforce): uids 4242; 3 outbound (1 domain), 0 inbound" in out
+    assert "  two (enforce): uids 4243; 2 outbound (2 domains), 0 inbound" in out
+
+
+@pytest.mark.parametrize("command", ["check", "render", "run"])
+def test_help_names_the_config_path_and_its_default(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--help` shows `-c PATH` and the default /etc/fenced/fenced.toml, not CONFIG_OPT."""
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "[-c PATH]" in out and "-c PATH, --config PATH" in out
+    assert "(default /etc/fenced/fenced.toml)" in out
+    assert "CONFIG_OPT" not in out
