@@ -18,6 +18,7 @@ from fenced import config as config_mod
 from fenced.daemon import run_daemon
 from fenced.errors import ConfigError, FirewallError, HttpError, SystemCheckError
 from fenced.firewall import KernelFirewall
+from fenced.log import log, route_library_logs
 from fenced.model import Config
 from fenced.ruleset import layout, script
 from fenced.status import DEFAULT_URL, fetch_status, format_status
@@ -94,9 +95,12 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM/SIGINT."""
+    if args.log_level is not None:
+        log.set_level(args.log_level)
+    route_library_logs(log)
     firewall = KernelFirewall()
     try:
-        asyncio.run(run_daemon(args.config, firewall))
+        asyncio.run(run_daemon(args.config, firewall, log_level=args.log_level))
     except ConfigError as exc:
         _print_config_error(exc)
         print("fenced: cannot start: invalid configuration", file=sys.stderr)
@@ -148,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
             f"(default {DEFAULT_CONFIG})",
         )
         p.add_argument("config_pos", nargs="?", metavar="PATH", help="same as -c PATH")
+        if name == "run":
+            p.add_argument(
+                "--log-level",
+                choices=tuple(config_mod.LOG_LEVELS),
+                help="log only events at this level or above, whatever daemon.log_level "
+                "says (default: daemon.log_level, which defaults to info)",
+            )
         p.set_defaults(func=func)
     p = sub.add_parser("status", help="show a running daemon's status (over HTTP)")
     p.add_argument(

@@ -41,6 +41,7 @@ from fenced.model import (
     IPAddress,
     IPNetwork,
     Listen,
+    LogLevel,
     Mode,
     OnExit,
     Policy,
@@ -53,6 +54,7 @@ from fenced.model import (
 __all__ = [
     "DEFAULT_PATH",
     "DROPIN_DIR",
+    "LOG_LEVELS",
     "RESOLV_CONF",
     "Lookup",
     "group_gid",
@@ -93,6 +95,13 @@ _MODES: Final[dict[str, Mode]] = {"enforce": "enforce", "audit": "audit"}
 _ON_EXIT: Final[dict[str, OnExit]] = {"keep": "keep", "remove": "remove"}
 _DNS_MODES: Final[dict[str, DnsMode]] = {"gateway": "gateway", "direct": "direct"}
 _DENY_RESPONSES: Final[dict[str, DenyResponse]] = {"nxdomain": "nxdomain", "refused": "refused"}
+#: The values of ``daemon.log_level`` (and ``fenced run --log-level``), quietest last.
+LOG_LEVELS: Final[dict[str, LogLevel]] = {
+    "debug": "debug",
+    "info": "info",
+    "warning": "warning",
+    "error": "error",
+}
 
 _T = TypeVar("_T")
 
@@ -108,6 +117,7 @@ DAEMON_KEYS: Final = (
     "stale",
     "max_ips_per_name",
     "on_exit",
+    "log_level",
 )
 POLICY_KEYS: Final = (
     "uids",
@@ -659,6 +669,9 @@ class _Validator:
         on_exit = self.choice(
             file, "daemon.on_exit", table, "on_exit", default=d.on_exit, choices=_ON_EXIT
         )
+        log_level = self.choice(
+            file, "daemon.log_level", table, "log_level", default=d.log_level, choices=LOG_LEVELS
+        )
         return DaemonConfig(
             listen=listen if listen is not None else d.listen,
             table=table_name if table_name is not None else d.table,
@@ -669,6 +682,7 @@ class _Validator:
             stale=stale if stale is not None else d.stale,
             max_ips_per_name=max_ips or d.max_ips_per_name,
             on_exit=on_exit,
+            log_level=log_level,
         )
 
     def resolvers(

@@ -25,7 +25,7 @@ from fenced.gateway import Gateway, GatewayStats, Result
 from fenced.http import HttpServer
 from fenced.log import Logger, log
 from fenced.metrics import Metrics, MetricsStats, TimedFirewall, TimedResolver
-from fenced.model import Config, IPAddress, Target
+from fenced.model import Config, IPAddress, LogLevel, Target
 from fenced.netlink import (
     OWN_PORTIDS,
     Commit,
@@ -85,6 +85,9 @@ class Daemon:
 
     ``loader`` reads a config (``fenced.config.load`` by default); ``cgroup_root`` is the
     cgroup2 mount (found from /proc/mounts when None and a policy names cgroups).
+    ``log_level`` (``fenced run --log-level``), when given, is the level of ``logger``
+    whatever the configuration says; otherwise ``daemon.log_level`` is applied at start
+    and by every successful reload.
     """
 
     def __init__(
@@ -100,11 +103,13 @@ class Daemon:
         metrics: Metrics | None = None,
         notifier: Notifier | None = None,
         first_resolution_timeout: float = 10.0,
+        log_level: LogLevel | None = None,
     ) -> None:
         self.config_path = config_path
         self.fw = firewall
         self.loader = loader
         self.log = logger
+        self._log_level = log_level
         self.state = State(config_path)
         self.config: Config | None = None
         self.layout: Layout | None = None
@@ -144,6 +149,7 @@ class Daemon:
     async def start(self) -> None:
         """Load the config and install it; raises ConfigError/FencedError when impossible."""
         cfg = self.loader(self.config_path)
+        self._set_log_level(cfg)
         if cfg.daemon.listen:
             # Bind first: a taken port fails start-up before the table is touched.
             self.http = HttpServer(cfg.daemon.listen, self, self.metrics, logger=self.log)
@@ -258,6 +264,8 @@ class Daemon:
         finally:
             for name in started:  # the new ruleset never went in: its gateways go too
                 await self.gateways.pop(name).stop()
+        if self.config is not None:
+            self._set_log_level(self.config)
         self.state.last_reload = "ok"
         self.state.last_reload_time = time.time()
         self.state.last_reload_error = None
@@ -272,6 +280,10 @@ class Daemon:
             )
         self.log.info("reloaded", generation=self.state.generation)
         return True
+
+    def _set_log_level(self, cfg: Config) -> None:
+        """Log at ``--log-level`` when it was given, else at ``cfg``'s ``daemon.log_level``."""
+        self.log.set_level(self._log_level or cfg.daemon.log_level)
 
     def _reload_failed(self, exc: Exception) -> None:
         self.state.last_reload = "error"
@@ -597,10 +609,21 @@ def default_resolver(cfg: Config) -> Resolver:
     return DnsResolver.from_system()
 
 
-async def run_daemon(config_path: str, firewall: Firewall) -> None:
-    """Check the host, then run a daemon until it is asked to stop."""
+async def run_daemon(
+    config_path: str, firewall: Firewall, *, log_level: LogLevel | None = None
+) -> None:
+    """Check the host, then run a daemon until it is asked to stop.
+
+    ``log_level`` overrides the configuration's ``daemon.log_level`` (see :class:`Daemon`).
+    """
     preflight()
-    daemon = Daemon(config_path, firewall, monitor_factory=NftMonitor, notifier=Notifier.from_env())
+    daemon = Daemon(
+        config_path,
+        firewall,
+        monitor_factory=NftMonitor,
+        notifier=Notifier.from_env(),
+        log_level=log_level,
+    )
     await daemon.run()
 
 

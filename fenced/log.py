@@ -5,17 +5,31 @@ as ``policy``, ``domain``, ``ips``, ``ttl`` and ``error`` follow in the order gi
 Lines carry an ISO timestamp unless stderr is the systemd journal (``JOURNAL_STREAM``
 names stderr's device and inode), which stamps lines itself. Booleans are written
 ``true`` and ``false``.
+
+Libraries that log through the standard :mod:`logging` module (aiohttp, asyncio) are
+written in the same format once :func:`route_library_logs` ran: one
+``event=library_log`` line per record, with its ``logger`` and ``message`` (and the
+``traceback`` of an exception).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
 from collections.abc import Iterable
-from typing import TextIO
+from typing import Final, TextIO
 
-_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+from fenced.model import LogLevel
+
+#: Each level's rank; the numbers are the standard ``logging`` module's.
+_LEVELS: Final[dict[str, int]] = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def _stderr_is_journal(stream: TextIO) -> bool:
@@ -52,17 +66,39 @@ def format_line(level: str, event: str, fields: Iterable[tuple[str, object]]) ->
     return " ".join(parts)
 
 
+def _rank(level: str) -> int:
+    """The rank of a level name; ValueError naming the allowed ones when it is none."""
+    try:
+        return _LEVELS[level]
+    except KeyError:
+        raise ValueError(f"unknown log level {level!r}: use {', '.join(_LEVELS)}") from None
+
+
 class Logger:
-    """Writes ``format_line`` lines to a stream, with timestamps unless it is the journal."""
+    """Writes ``format_line`` lines to a stream, with timestamps unless it is the journal.
+
+    Events below ``level`` (``debug`` < ``info`` < ``warning`` < ``error``) are not
+    written; an unknown level name raises ``ValueError``.
+    """
 
     def __init__(self, stream: TextIO | None = None, level: str = "info") -> None:
         self.stream = stream or sys.stderr
-        self.threshold = _LEVELS[level]
+        self.threshold = _rank(level)
         self.timestamps = not _stderr_is_journal(self.stream)
+
+    def set_level(self, level: str) -> None:
+        """Write only events at ``level`` or above from now on, library records included.
+
+        Raises ``ValueError`` for an unknown level name (and changes nothing).
+        """
+        self.threshold = _rank(level)
+        root = logging.getLogger()
+        if any(isinstance(h, LibraryHandler) and h.target is self for h in root.handlers):
+            root.setLevel(self.threshold)
 
     def log(self, level: str, event: str, **fields: object) -> None:
         """Write one event at ``level`` (debug, info, warning, error)."""
-        if _LEVELS[level] < self.threshold:
+        if _rank(level) < self.threshold:
             return
         line = format_line(level, event, fields.items())
         if self.timestamps:
@@ -90,6 +126,62 @@ class Logger:
     def error(self, event: str, **fields: object) -> None:
         """Log at error level."""
         self.log("error", event, **fields)
+
+
+def _level_of(levelno: int) -> LogLevel:
+    """The fenced level of a standard ``logging`` level number (CRITICAL counts as error)."""
+    if levelno >= logging.ERROR:
+        return "error"
+    if levelno >= logging.WARNING:
+        return "warning"
+    if levelno >= logging.INFO:
+        return "info"
+    return "debug"
+
+
+class LibraryHandler(logging.Handler):
+    """Writes standard ``logging`` records to ``target`` as ``event=library_log`` lines.
+
+    Fields: ``logger`` (the record's logger name, e.g. ``aiohttp.server``), ``message``
+    (the formatted message) and, when the record carries an exception, ``traceback``.
+    """
+
+    def __init__(self, target: Logger) -> None:
+        super().__init__()
+        self.target = target
+        self._tracebacks = logging.Formatter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write ``record`` through the target logger (its own level applies)."""
+        try:
+            trace = None
+            if record.exc_info:
+                trace = self._tracebacks.formatException(record.exc_info)
+            self.target.log(
+                _level_of(record.levelno),
+                "library_log",
+                logger=record.name,
+                message=record.getMessage(),
+                traceback=trace,
+            )
+        except Exception:  # logging must never raise into the code that logs
+            self.handleError(record)
+
+
+def route_library_logs(target: Logger) -> None:
+    """Send every standard ``logging`` record (aiohttp, asyncio, ...) through ``target``.
+
+    Adds one :class:`LibraryHandler` to the root logger (replacing one added before) and
+    sets the root level to ``target``'s, which :meth:`Logger.set_level` keeps in step.
+    With a handler on the root logger, ``logging``'s last-resort printing of bare
+    messages to stderr no longer happens.
+    """
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, LibraryHandler):
+            root.removeHandler(handler)
+    root.addHandler(LibraryHandler(target))
+    root.setLevel(target.threshold)
 
 
 #: The process-wide logger; ``fenced.__main__`` may replace its stream or level.

@@ -18,6 +18,8 @@ Mode = Literal["enforce", "audit"]
 OnExit = Literal["keep", "remove"]
 DnsMode = Literal["gateway", "direct"]
 DenyResponse = Literal["nxdomain", "refused"]
+#: How much fenced logs: ``debug`` shows routine refreshes, ``error`` only failures.
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 #: Protocols an outbound entry without ``/proto`` allows.
 DEFAULT_PROTOS: frozenset[Proto] = frozenset(("tcp", "udp"))
@@ -139,6 +141,7 @@ class DaemonConfig:
     stale: int = 300
     max_ips_per_name: int = 64
     on_exit: OnExit = "keep"
+    log_level: LogLevel = "info"
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,23 @@
-"""Unit tests of the command line: check and render on real files."""
+"""Unit tests of the command line: check and render on real files, run's options."""
 
 from __future__ import annotations
 
+import io
+import logging
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+import fenced.__main__ as cli
 from fenced.__main__ import main
+from fenced.daemon import Daemon
+from fenced.firewall import FakeFirewall
+from fenced.log import Logger, log
+from fenced.model import LogLevel
+from fenced.resolver import FakeResolver
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config" / "fenced.toml"
@@ -85,3 +94,64 @@ def test_help_names_the_config_path_and_its_default(
     assert "[-c PATH]" in out and "-c PATH, --config PATH" in out
     assert "(default /etc/fenced/fenced.toml)" in out
     assert "CONFIG_OPT" not in out
+
+
+def test_run_log_level_flag_reaches_the_daemon(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fenced run --log-level debug` sets the level at once and passes it on as the override."""
+    seen: list[object] = []
+
+    async def fake_run_daemon(path: str, firewall: object, *, log_level: str | None) -> None:
+        seen.append((path, log_level, log.threshold))
+
+    monkeypatch.setattr(cli, "run_daemon", fake_run_daemon)
+    monkeypatch.setattr(cli, "KernelFirewall", lambda: SimpleNamespace(close=lambda: None))
+    monkeypatch.setattr(cli, "route_library_logs", seen.append)
+    monkeypatch.setattr(log, "threshold", log.threshold)
+    with pytest.raises(SystemExit) as done:
+        main(["run", "--log-level", "debug", "-c", "/x/fenced.toml"])
+    assert done.value.code == 0
+    assert seen == [log, ("/x/fenced.toml", "debug", logging.DEBUG)]
+    with pytest.raises(SystemExit) as done:
+        main(["run", "--log-level", "verbose"])
+    assert done.value.code == 2
+
+
+def _daemon_config(level: str) -> str:
+    return (
+        f'[daemon]\nlisten = ""\nresolvers = ["192.0.2.53"]\nlog_level = "{level}"\n'
+        '[policy.web]\nuids = [4242]\ndns = "direct"\noutbound = ["198.51.100.1:80/tcp"]\n'
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "levels"),
+    [(None, ["warning", "debug", "debug"]), ("error", ["error", "error", "error"])],
+)
+async def test_log_level_is_applied_at_start_and_by_a_reload(
+    tmp_path: Path, override: LogLevel | None, levels: list[str]
+) -> None:
+    """daemon.log_level applies at start and at each good reload; --log-level wins over both."""
+    config_file = tmp_path / "fenced.toml"
+    config_file.write_text(_daemon_config("warning"))
+    logger = Logger(io.StringIO(), level="info")
+    ranks = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+    daemon = Daemon(
+        str(config_file),
+        FakeFirewall(),
+        logger=logger,
+        resolver_factory=lambda _cfg: FakeResolver(),
+        log_level=override,
+    )
+    seen = []
+    try:
+        await daemon.start()
+        seen.append(logger.threshold)
+        config_file.write_text(_daemon_config("debug"))
+        assert await daemon.reload()
+        seen.append(logger.threshold)
+        config_file.write_text(_daemon_config("verbose"))  # invalid: the level stays
+        assert not await daemon.reload()
+        seen.append(logger.threshold)
+    finally:
+        await daemon.stop()
+    assert seen == [ranks[level] for level in levels]

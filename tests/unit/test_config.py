@@ -527,6 +527,34 @@ def test_daemon_edge_values_accepted() -> None:
     assert (d.max_ips_per_name, d.on_exit) == (10000, "remove")
 
 
+@pytest.mark.parametrize("level", ["debug", "info", "warning", "error"])
+def test_log_level_values_accepted(level: str) -> None:
+    """Each documented daemon.log_level value is taken as is; absent, it is info."""
+    config = parse(doc("m.toml", f"[daemon]\nlog_level = '{level}'\n" + MINIMAL))
+    assert config.daemon.log_level == level
+    assert parse(doc("m.toml", MINIMAL)).daemon.log_level == "info"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("'verbose'", "must be 'debug' or 'info' or 'warning' or 'error', got 'verbose'"),
+        ("'INFO'", "got 'INFO'"),
+        ("2", "expected a string, got an integer (2)"),
+    ],
+)
+def test_bad_log_level_names_file_key_and_reason(tmp_path: Path, value: str, reason: str) -> None:
+    """A bad daemon.log_level is a config error naming the file, the key and why."""
+    main = tmp_path / "fenced.toml"
+    main.write_text(f"[daemon]\nresolvers = ['192.0.2.53']\nlog_level = {value}\n" + MINIMAL)
+    with pytest.raises(ConfigError) as info:
+        load(main, lookup_user=lookup_user, lookup_group=lookup_group)
+    (p,) = info.value.problems
+    assert (p.file, p.key) == (str(main), "daemon.log_level")
+    assert reason in p.reason
+    assert str(p).startswith(f"{main}: daemon.log_level: ")
+
+
 @pytest.mark.parametrize(
     ("text", "domain"),
     [

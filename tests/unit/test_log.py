@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import logging
 import os
+import re
 import tempfile
+from collections.abc import Iterator
 
 import pytest
 
-from fenced.log import Logger, format_line
+from fenced.log import Logger, format_line, route_library_logs
 
 
 def test_lines_are_stable_key_value_pairs() -> None:
@@ -68,3 +72,65 @@ def test_booleans_are_written_true_and_false() -> None:
     assert format_line("info", "x", [("ok", False), ("flags", [True, False])]) == (
         "level=info event=x ok=false flags=true,false"
     )
+
+
+def test_set_level_changes_the_threshold_and_refuses_unknown_names() -> None:
+    """set_level takes effect for the next event; an unknown name raises and changes nothing."""
+    out = io.StringIO()
+    log = Logger(out)
+    log.debug("hidden")
+    log.set_level("debug")
+    log.debug("shown")
+    with pytest.raises(ValueError, match="unknown log level 'verbose': use debug, info"):
+        log.set_level("verbose")
+    log.debug("still_shown")
+    assert [line.split("event=")[1] for line in out.getvalue().splitlines()] == [
+        "shown",
+        "still_shown",
+    ]
+
+
+@pytest.fixture
+def root_logger() -> Iterator[logging.Logger]:
+    """The root logger, with its handlers and level put back after the test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield root
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+
+
+def test_library_logs_use_the_same_format_and_level(root_logger: logging.Logger) -> None:
+    """aiohttp's and asyncio's logging records become key=value lines at fenced's level."""
+    out = io.StringIO()
+    log = Logger(out, level="info")
+    route_library_logs(log)
+    route_library_logs(log)  # a second call replaces the first routing: one line per record
+    logging.getLogger("aiohttp.server").debug("below the level")
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        logging.getLogger("aiohttp.server").exception("Error handling request")
+    loop = asyncio.new_event_loop()
+    try:
+        loop.call_exception_handler({"message": "Task was destroyed but it is pending!"})
+    finally:
+        loop.close()
+    log.set_level("debug")
+    logging.getLogger("aiohttp.web").debug("now shown")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3, lines
+    first, second, third = lines
+    assert re.fullmatch(
+        r"ts=\S+ level=error event=library_log logger=aiohttp\.server "
+        r'message="Error handling request" traceback="Traceback \(most recent call last\):'
+        r'\\n.*RuntimeError: boom"',
+        first,
+    ), first
+    assert second.endswith(
+        "level=error event=library_log logger=asyncio "
+        'message="Task was destroyed but it is pending!"'
+    )
+    assert third.endswith('level=debug event=library_log logger=aiohttp.web message="now shown"')
