@@ -18,6 +18,10 @@ so one ``Gateway`` serves one policy. For each query it:
   (:func:`fenced.resolver.forward`: UDP with EDNS, TCP on truncation, next server on
   failure, about 2 s in all), keeping the client's RD, CD and AD bits and its DO bit;
   when nothing usable comes back the client gets ``SERVFAIL``;
+* lets the names on an allowed answer's CNAME chain be asked (any type) while the chain is
+  live, on the ports of the entry that allowed the first name (:mod:`fenced.chains`), and
+  forwards DS, DNSKEY, SOA and NS queries for the ancestors of the entries and of live
+  names (a validating stub's chain of trust), with every address removed from those;
 * in the answer, follows the CNAME chain from the question name (answer section only)
   and keeps the A and AAAA records on it; every other A or AAAA record, in any section,
   is removed, so the client never holds an address fenced did not vouch for (SRV, MX
@@ -29,9 +33,10 @@ so one ``Gateway`` serves one policy. For each query it:
   before the client can use them. If the hook raises or takes longer than
   ``learn_timeout``, the client gets ``SERVFAIL``: nothing the firewall did not accept
   is released;
-* gives every record on the chain the chain's smallest TTL, at most ``max_ttl``, so a
-  caching stub forgets the whole chain at once, and never later than the firewall drops
-  the addresses (their effective TTL plus ``grace``);
+* removes the RRSIGs covering every RRset it took records out of, and then clears AD;
+* gives every record on the chain (and its RRSIGs) the chain's smallest TTL, at most
+  ``max_ttl``, so a caching stub forgets the whole chain at once, and never later than
+  the firewall drops the addresses (their effective TTL plus ``grace``);
 * returns other types (TXT, SRV, HTTPS, MX, ...) of allowed names unchanged apart from
   removed address records; nothing in them is learned (not SRV or HTTPS targets, not
   ``ipv4hint``/``ipv6hint``);
@@ -73,6 +78,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from fenced.chains import Labels, LiveChains, ancestors, name_labels
 from fenced.log import Logger, log
 from fenced.model import DaemonConfig, IPAddress, Policy, Target
 from fenced.planner import is_restricted
@@ -124,6 +130,10 @@ Transport = Literal["udp", "tcp"]
 LearnHook = Callable[[str, str, tuple[Target, ...], tuple[IPAddress, ...], int], Awaitable[None]]
 
 _ADDRESS_TYPES = frozenset((dns.rdatatype.A, dns.rdatatype.AAAA))
+#: What a validating stub asks about the zone cuts above a name (DNSSEC's chain of trust).
+_INFRA_TYPES = frozenset(
+    (dns.rdatatype.DS, dns.rdatatype.DNSKEY, dns.rdatatype.SOA, dns.rdatatype.NS)
+)
 _FORWARDED_FLAGS = dns.flags.RD | dns.flags.CD | dns.flags.AD
 _UPSTREAM_FLAGS = dns.flags.AA | dns.flags.AD | dns.flags.CD
 _REFUSED_TYPES = frozenset(
@@ -135,19 +145,6 @@ _HEADER = struct.Struct("!HHHHHH")
 # ------------------------------------------------------------------------------ matching
 
 
-def _labels(name: str | dns.name.Name) -> tuple[bytes, ...] | None:
-    """The lower-cased labels of ``name``, root label left out; None if it is no name."""
-    if isinstance(name, str):
-        try:
-            name = dns.name.from_text(name, origin=dns.name.root)
-        except (dns.exception.DNSException, ValueError):
-            return None
-    labels = name.labels
-    if labels and labels[-1] == b"":
-        labels = labels[:-1]
-    return tuple(label.lower() for label in labels)
-
-
 class NameMatcher:
     """Which outbound entries of a policy allow a DNS name. Pure.
 
@@ -157,24 +154,33 @@ class NameMatcher:
     ``x.y.example.com``), not example.com itself. Names are compared label by label,
     case-insensitively, a trailing dot ignored; a label holding a dot or other bytes no
     entry can hold never matches.
+
+    The *ancestors* of the entries are the names a validating stub needs the DNSSEC
+    records of (see ``is_ancestor``): the proper ancestors of each exact entry, and a
+    wildcard's parent (``example.com`` for ``*.example.com``) with its ancestors, up to the
+    root. A fixed set: no other name below them is an ancestor.
     """
 
     def __init__(self, targets: Iterable[Target]) -> None:
-        self._exact: dict[tuple[bytes, ...], list[Target]] = {}
-        self._wild: dict[tuple[bytes, ...], list[Target]] = {}
+        self._exact: dict[Labels, list[Target]] = {}
+        self._wild: dict[Labels, list[Target]] = {}
+        self._ancestors: set[Labels] = set()
         for t in targets:
             if t.domain is None:
                 continue
             if t.wildcard:
-                key = _labels(t.domain[2:])
+                key = name_labels(t.domain[2:])
                 table = self._wild
             else:
-                key = _labels(t.domain)
+                key = name_labels(t.domain)
                 table = self._exact
             if key:
                 entries = table.setdefault(key, [])
                 if t not in entries:
                     entries.append(t)
+                if t.wildcard:
+                    self._ancestors.add(key)
+                self._ancestors.update(ancestors(key))
 
     def match(self, qname: str | dns.name.Name) -> tuple[Target, ...]:
         """Every entry that allows ``qname``, each once; empty when none does.
@@ -183,7 +189,7 @@ class NameMatcher:
         configuration order within each group. A ``qname`` that is not a valid name
         matches nothing.
         """
-        labels = _labels(qname)
+        labels = name_labels(qname)
         if not labels:
             return ()
         found: list[Target] = list(self._exact.get(labels, ()))
@@ -196,6 +202,11 @@ class NameMatcher:
     def allows(self, qname: str | dns.name.Name) -> bool:
         """Whether any entry allows ``qname``."""
         return bool(self.match(qname))
+
+    def is_ancestor(self, qname: str | dns.name.Name) -> bool:
+        """Whether ``qname`` is one of the entries' ancestors (see the class text)."""
+        labels = name_labels(qname)
+        return labels is not None and labels in self._ancestors
 
 
 # ------------------------------------------------------------------------------ stats and logs
@@ -311,15 +322,33 @@ def _chain(response: dns.message.Message, qname: dns.name.Name) -> list[dns.name
 
 @dataclass
 class _Filtered:
-    """An upstream answer with addresses sorted out."""
+    """An upstream answer with addresses sorted out.
+
+    ``names`` is the CNAME chain from the question name (:func:`_chain`); ``chain`` the
+    RRsets kept on it and ``ttl`` their smallest TTL (None when nothing is on it);
+    ``ips`` the addresses kept (in answer order); ``removed`` the restricted ones taken
+    out; ``modified`` whether any record was taken out of any RRset (its signatures left
+    with it).
+    """
 
     answer: list[dns.rrset.RRset]
     authority: list[dns.rrset.RRset]
     additional: list[dns.rrset.RRset]
+    names: list[dns.name.Name]
     chain: list[dns.rrset.RRset]
     ips: tuple[IPAddress, ...]
     ttl: int | None
     removed: list[IPAddress]
+    modified: bool = False
+
+    def cap_ttls(self, cap: int) -> None:
+        """Lower the TTL of every RRset on the chain, and of its signatures, to ``cap``."""
+        on_chain = {(r.name, r.rdtype) for r in self.chain}
+        for rrset in self.answer:
+            if (rrset.name, rrset.rdtype) in on_chain or (
+                rrset.rdtype == dns.rdatatype.RRSIG and (rrset.name, rrset.covers) in on_chain
+            ):
+                rrset.ttl = min(rrset.ttl, cap)
 
 
 def _sort_out(
@@ -327,13 +356,16 @@ def _sort_out(
     qname: dns.name.Name,
     allow_private: bool,
     max_ips: int = 0,
+    addresses: bool = True,
 ) -> _Filtered:
     """Sort the addresses of ``response`` out.
 
-    Keeps the chain's addresses (restricted ones only with ``allow_private``; at most
-    ``max_ips`` of them in answer order when it is above 0, as the firewall keeps no more
-    for one answer), removes every other address record, and notes the chain's smallest
-    TTL.
+    Keeps the chain's addresses (none without ``addresses``; restricted ones only with
+    ``allow_private``; at most ``max_ips`` of them in answer order when it is above 0, as
+    the firewall keeps no more for one answer), removes every other address record, and
+    notes the chain's smallest TTL. An RRSIG covering an RRset that lost records is
+    removed with them (a signature without the records it signs, or over records that
+    are no longer all there, fails validation).
     """
     names = _chain(response, qname)
     on_chain = set(names)
@@ -341,11 +373,13 @@ def _sort_out(
     chain: list[dns.rrset.RRset] = []
     ips: list[IPAddress] = []
     removed: list[IPAddress] = []
+    changed: set[tuple[dns.name.Name, int]] = set()
     ttl = math.inf
-    links = {n for n in names[:-1]}
+    links = set(names[:-1])
     for rrset in response.answer:
         if rrset.rdclass == dns.rdataclass.IN and rrset.rdtype in _ADDRESS_TYPES:
-            if rrset.name not in on_chain:
+            if rrset.name not in on_chain or not addresses:
+                changed.add((rrset.name, rrset.rdtype))
                 continue
             keep = []
             for rd in rrset:
@@ -360,6 +394,8 @@ def _sort_out(
                 keep.append(rd)
                 if ip not in ips:
                     ips.append(ip)
+            if len(keep) != len(rrset):
+                changed.add((rrset.name, rrset.rdtype))
             if not keep:
                 continue
             kept = dns.rrset.from_rdata_list(rrset.name, rrset.ttl, keep)
@@ -378,16 +414,31 @@ def _sort_out(
             answer.append(rrset)
 
     def no_addresses(section: list[dns.rrset.RRset]) -> list[dns.rrset.RRset]:
+        for r in section:
+            if r.rdtype in _ADDRESS_TYPES:
+                changed.add((r.name, r.rdtype))
         return [r for r in section if r.rdtype not in _ADDRESS_TYPES]
 
+    authority = no_addresses(response.authority)
+    additional = no_addresses(response.additional)
+
+    def unsigned(section: list[dns.rrset.RRset]) -> list[dns.rrset.RRset]:
+        return [
+            r
+            for r in section
+            if r.rdtype != dns.rdatatype.RRSIG or (r.name, r.covers) not in changed
+        ]
+
     return _Filtered(
-        answer=answer,
-        authority=no_addresses(response.authority),
-        additional=no_addresses(response.additional),
+        answer=unsigned(answer),
+        authority=unsigned(authority),
+        additional=unsigned(additional),
+        names=names,
         chain=chain,
         ips=tuple(ips),
-        ttl=int(ttl) if ips else None,
+        ttl=int(ttl) if chain else None,
         removed=removed,
+        modified=bool(changed),
     )
 
 
@@ -459,8 +510,11 @@ class Gateway:
         hosts: Sequence[str] = ("127.0.0.1", "::1"),
         upstream_port: int = 53,
         max_ttl: int = 3600,
+        min_ttl: int = 5,
+        grace: int = 30,
         stats: GatewayStats | None = None,
         logger: Logger = log,
+        clock: Callable[[], float] = time.monotonic,
         timeout: float = 1.0,
         budget: float = 2.0,
         learn_timeout: float = 2.0,
@@ -486,6 +540,11 @@ class Gateway:
         self.matcher = NameMatcher(policy.outbound)
         self.servers: tuple[str, ...] = tuple(str(s) for s in servers)
         self.max_ttl = max_ttl
+        self.min_ttl = min_ttl
+        self.grace = grace
+        self.clock = clock
+        #: The names this policy's allowed answers led to (see :mod:`fenced.chains`).
+        self.chains = LiveChains()
         #: At most this many addresses of one answer are returned (0: no limit); the daemon
         #: sets ``max_ips_per_name``, what the firewall keeps for one name.
         self.max_ips = 0
@@ -509,7 +568,9 @@ class Gateway:
     ) -> Gateway:
         """A gateway for ``policy`` on ``port``, forwarding to ``daemon.resolvers``.
 
-        TTLs are capped at ``daemon.max_ttl``; other settings take their defaults.
+        TTLs are capped at ``daemon.max_ttl``; chains stay live for their TTL (between
+        ``daemon.min_ttl`` and ``daemon.max_ttl``) plus ``daemon.grace``; other settings
+        take their defaults.
         """
         gw = cls(
             policy,
@@ -518,6 +579,8 @@ class Gateway:
             port=port,
             hosts=hosts,
             max_ttl=daemon.max_ttl,
+            min_ttl=daemon.min_ttl,
+            grace=daemon.grace,
             stats=stats,
             logger=logger,
         )
@@ -533,14 +596,18 @@ class Gateway:
     def configure(self, policy: Policy, daemon: DaemonConfig | None = None) -> None:
         """Take a reloaded policy (and daemon settings); the port stays.
 
-        Entries, deny response, private guard, resolvers and ``max_ttl`` change for new
-        queries; queries in flight finish under the old ones.
+        Entries, deny response, private guard, resolvers and TTL settings change for new
+        queries; queries in flight finish under the old ones. Live chains stay only for
+        the entries the new policy still has.
         """
         self.policy = policy
         self.matcher = NameMatcher(policy.outbound)
+        self.chains.retain(policy.outbound)
         if daemon is not None:
             self.servers = tuple(str(s) for s in daemon.resolvers)
             self.max_ttl = daemon.max_ttl
+            self.min_ttl = daemon.min_ttl
+            self.grace = daemon.grace
             self.max_ips = daemon.max_ips_per_name
 
     async def start(self) -> None:
@@ -702,9 +769,9 @@ class Gateway:
         name = qname.to_text(omit_final_dot=True).lower()
         qtype = dns.rdatatype.to_text(question.rdtype)
         policy = self.policy
-        targets = self.matcher.match(qname)
-        audit = not targets and policy.mode == "audit"
-        if not targets:
+        targets, live, infra = self._allowed(qname, question.rdtype)
+        audit = not targets and not infra and policy.mode == "audit"
+        if not targets and not infra:
             self._note("info", "gateway_denied", name, qtype=qtype, audit=audit or None)
             if not audit:
                 rcode = (
@@ -744,7 +811,9 @@ class Gateway:
             reply.additional = response.additional
             return "audit_denied", self._wire(reply, query, transport)
 
-        sorted_out = _sort_out(response, qname, policy.allow_private, self.max_ips)
+        sorted_out = _sort_out(
+            response, qname, policy.allow_private, self.max_ips, addresses=bool(targets)
+        )
         for ip in sorted_out.removed:
             self.stats.filtered_address(policy.name, name, ip)
             self._note("info", "gateway_private_removed", name, key=f"{name} {ip}", ip=ip)
@@ -768,18 +837,64 @@ class Gateway:
                 return "learn_failed", self._wire(
                     _reply(query, dns.rcode.SERVFAIL), query, transport
                 )
-            cap = min(sorted_out.ttl, self.max_ttl)
-            for rrset in sorted_out.chain:
-                rrset.ttl = min(rrset.ttl, cap)
+        if sorted_out.ttl is not None:
+            sorted_out.cap_ttls(min(sorted_out.ttl, self.max_ttl))
+            if targets:
+                self._keep_chain(sorted_out.names, sorted_out.ttl, targets, live)
 
         reply = _reply(query, response.rcode())
         reply.flags |= response.flags & _UPSTREAM_FLAGS
+        if sorted_out.modified:
+            reply.flags &= ~dns.flags.AD  # what was validated is no longer all there
         if query.edns >= 0 and response.ednsflags & dns.flags.DO:
             reply.want_dnssec(True)
         reply.answer = sorted_out.answer
         reply.authority = sorted_out.authority
         reply.additional = sorted_out.additional
         return "allowed", self._wire(reply, query, transport)
+
+    def _allowed(
+        self, qname: dns.name.Name, rdtype: int
+    ) -> tuple[tuple[Target, ...], dict[Target, float], bool]:
+        """Which entries allow ``qname``: ``(targets, live, infra)``.
+
+        ``targets`` are the entries that match it, then those whose chains it is live on
+        (``live``: each with the time its chain ends); ``infra`` is whether, allowed by
+        none, it may still be asked for ``rdtype`` as a DNSSEC record of an ancestor of
+        an entry or of a live name.
+        """
+        labels = name_labels(qname)
+        if labels is None:
+            return (), {}, False
+        now = self.clock()
+        found = list(self.matcher.match(qname))
+        live = self.chains.match(labels, now)
+        found += [t for t in live if t not in found]
+        infra = rdtype in _INFRA_TYPES and (
+            self.matcher.is_ancestor(qname) or self.chains.is_ancestor(labels, now)
+        )
+        return tuple(found), live, infra
+
+    def _keep_chain(
+        self,
+        names: Sequence[dns.name.Name],
+        ttl: int,
+        targets: tuple[Target, ...],
+        live: dict[Target, float],
+    ) -> None:
+        """Make the names after the first on an answer's CNAME chain live for ``targets``.
+
+        For the chain's TTL (raised to ``min_ttl``, lowered to ``max_ttl``) plus
+        ``grace``; a target that allowed the question only through a live chain (in
+        ``live``) never lasts past that chain's end.
+        """
+        found = [labels for labels in map(name_labels, names[1:]) if labels]
+        if not found:
+            return
+        now = self.clock()
+        end = now + min(max(ttl, self.min_ttl), self.max_ttl) + self.grace
+        until = {t: min(end, live[t]) if t in live else end for t in targets}
+        self.chains.add(found, until, now)
 
     def _wire(
         self, reply: dns.message.Message, query: dns.message.Message, transport: Transport

@@ -39,6 +39,7 @@ class Canned:
     authority: list[tuple[str, int, str, str]] = field(default_factory=list)
     additional: list[tuple[str, int, str, str]] = field(default_factory=list)
     rcode: dns.rcode.Rcode = dns.rcode.NOERROR
+    ad: bool = False
 
 
 @dataclass
@@ -83,6 +84,8 @@ def _upstream_reply(up: Upstream, wire: bytes, transport: str) -> bytes:
     if query.ednsflags & dns.flags.DO:
         response.want_dnssec(True)
     response.set_rcode(canned.rcode)
+    if canned.ad:
+        response.flags |= dns.flags.AD
     response.answer = _rrsets(canned.answer)
     response.authority = _rrsets(canned.authority)
     response.additional = _rrsets(canned.additional)
@@ -208,6 +211,7 @@ async def running(
     max_ttl: int = 3600,
     stats: GatewayStats | None = None,
     learn_timeout: float = 2.0,
+    clock: Clock | None = None,
 ) -> AsyncIterator[Gateway]:
     """A started Gateway on 127.0.0.1 (free port) forwarding to ``up``."""
     gw = Gateway(
@@ -220,6 +224,8 @@ async def running(
         stats=stats,
         learn_timeout=learn_timeout,
     )
+    if clock is not None:
+        gw.clock = clock
     await gw.start()
     try:
         yield gw
@@ -242,6 +248,17 @@ async def ask(
     if tcp:
         return await dns.asyncquery.tcp(q, "127.0.0.1", timeout=5, port=gw.port)
     return await dns.asyncquery.udp(q, "127.0.0.1", timeout=5, port=gw.port)
+
+
+@dataclass
+class Clock:
+    """A monotonic clock for the gateway that moves only when the test says so."""
+
+    t: float = 1000.0
+
+    def __call__(self) -> float:
+        """The current time."""
+        return self.t
 
 
 def addresses(msg: dns.message.Message) -> set[str]:
@@ -712,3 +729,255 @@ async def test_forward_tries_next_server() -> None:
     assert "127.0.0.1: SERVFAIL" in got.detail
     assert alone.response is None
     assert alone.detail == "127.0.0.1: SERVFAIL; 127.0.0.1: SERVFAIL"
+
+
+# ------------------------------------------------------------------------------ CNAME chains
+
+CHAIN = [
+    ("www.example.com", 60, "CNAME", "cdn.example.net."),
+    ("cdn.example.net", 120, "CNAME", "edge.example.org."),
+    ("edge.example.org", 300, "A", "192.0.2.10"),
+]
+
+
+async def test_names_on_a_live_chain_may_be_asked_until_it_ends() -> None:
+    """Chain names are allowed (any type) for the chain's TTL plus grace, on the entry's ports."""
+    clock = Clock()
+    async with upstream_server() as up:
+        up.answers[("www.example.com", "A")] = Canned(answer=CHAIN)
+        up.answers[("edge.example.org", "A")] = Canned(answer=CHAIN[2:])
+        up.answers[("edge.example.org", "AAAA")] = Canned(
+            authority=[("example.org", 30, "SOA", "ns. h. 1 2 3 4 30")]
+        )
+        up.answers[("cdn.example.net", "MX")] = Canned(answer=CHAIN[1:2])
+        learner = Learner()
+        policy = make_policy("www.example.com:443/tcp", "other.example.com:80")
+        async with running(policy, up, learner, clock=clock) as gw:
+            before = await ask(gw, "edge.example.org", "AAAA")
+            www = await ask(gw, "www.example.com")
+            aaaa = await ask(gw, "edge.example.org", "AAAA")
+            mx = await ask(gw, "cdn.example.net", "MX")
+            edge = await ask(gw, "edge.example.org")
+            stranger = await ask(gw, "example.org")
+            clock.t += 60 + 30 - 0.5  # chain TTL 60 (its smallest) plus grace 30
+            late = await ask(gw, "edge.example.org")
+            clock.t += 1.0
+            gone = await ask(gw, "edge.example.org")
+    assert before.rcode() == dns.rcode.NXDOMAIN
+    assert addresses(www) == {"192.0.2.10"}
+    assert (aaaa.rcode(), mx.rcode(), edge.rcode()) == (dns.rcode.NOERROR,) * 3
+    assert mx.answer == _rrsets(CHAIN[1:2])
+    assert addresses(edge) == {"192.0.2.10"}
+    assert stranger.rcode() == dns.rcode.NXDOMAIN
+    assert late.rcode() == dns.rcode.NOERROR
+    assert gone.rcode() == dns.rcode.NXDOMAIN
+    www_entry = policy.outbound[:1]  # only the entry that allowed www: its ports
+    assert [(c[1], c[2]) for c in learner.calls] == [
+        ("www.example.com", www_entry),
+        ("edge.example.org", www_entry),
+        ("edge.example.org", www_entry),
+    ]
+    assert up.names() == [
+        ("www.example.com", "A"),
+        ("edge.example.org", "AAAA"),
+        ("cdn.example.net", "MX"),
+        ("edge.example.org", "A"),
+        ("edge.example.org", "A"),
+    ]
+
+
+async def test_chain_through_a_live_name_ends_with_it() -> None:
+    """A chain found by asking a live name lives no longer than the chain that made it live."""
+    clock = Clock()
+    async with upstream_server() as up:
+        up.answers[("www.example.com", "CNAME")] = Canned(answer=CHAIN[:1])
+        up.answers[("cdn.example.net", "A")] = Canned(
+            answer=[
+                ("cdn.example.net", 3000, "CNAME", "far.example.org."),
+                ("far.example.org", 3000, "A", "192.0.2.11"),
+            ]
+        )
+        up.answers[("far.example.org", "TXT")] = Canned(
+            answer=[("far.example.org", 60, "TXT", '"x"')]
+        )
+        async with running(make_policy("www.example.com"), up, clock=clock) as gw:
+            await ask(gw, "www.example.com", "CNAME")
+            cdn = await ask(gw, "cdn.example.net")
+            clock.t += 60 + 30 - 0.5
+            far = await ask(gw, "far.example.org", "TXT")
+            clock.t += 1.0
+            late = await ask(gw, "far.example.org", "TXT")
+    assert addresses(cdn) == {"192.0.2.11"}
+    assert far.rcode() == dns.rcode.NOERROR
+    assert late.rcode() == dns.rcode.NXDOMAIN
+
+
+async def test_reload_forgets_chains_of_removed_entries() -> None:
+    """After a reload without the entry that made a chain live, its names are denied again."""
+    async with upstream_server() as up:
+        up.answers[("www.example.com", "A")] = Canned(answer=CHAIN)
+        up.answers[("edge.example.org", "A")] = Canned(answer=CHAIN[2:])
+        async with running(make_policy("www.example.com"), up) as gw:
+            await ask(gw, "www.example.com")
+            kept = await ask(gw, "edge.example.org")
+            gw.configure(make_policy("api.example.com"))
+            dropped = await ask(gw, "edge.example.org")
+    assert kept.rcode() == dns.rcode.NOERROR
+    assert dropped.rcode() == dns.rcode.NXDOMAIN
+
+
+# ------------------------------------------------------------------------------ DNSSEC
+
+SIG = "{covers} 13 3 {ttl} 20300101000000 20200101000000 4711 example.com. " + "A" * 88
+
+
+def _sig(owner: str, covers: str, ttl: int) -> tuple[str, int, str, str]:
+    return (owner, ttl, "RRSIG", SIG.format(covers=covers, ttl=ttl))
+
+
+def _covered(msg: dns.message.Message) -> set[tuple[str, str]]:
+    """(owner, covered type) of every RRSIG in ``msg``."""
+    return {
+        (r.name.to_text(omit_final_dot=True), dns.rdatatype.to_text(r.covers))
+        for section in (msg.answer, msg.authority, msg.additional)
+        for r in section
+        if r.rdtype == dns.rdatatype.RRSIG
+    }
+
+
+async def test_removed_records_take_their_signatures_and_clear_ad() -> None:
+    """An RRset that lost records loses its RRSIG and the reply AD; intact RRsets keep theirs."""
+    async with upstream_server() as up:
+        up.answers[("mixed.example.com", "A")] = Canned(
+            answer=[
+                ("mixed.example.com", 60, "A", "10.0.0.1"),
+                ("mixed.example.com", 60, "A", "192.0.2.5"),
+                _sig("mixed.example.com", "A", 60),
+            ],
+            ad=True,
+        )
+        up.answers[("inside.example.com", "A")] = Canned(
+            answer=[
+                ("inside.example.com", 60, "CNAME", "db.example.com."),
+                _sig("inside.example.com", "CNAME", 60),
+                ("db.example.com", 60, "A", "192.168.1.10"),
+                _sig("db.example.com", "A", 60),
+            ],
+            ad=True,
+        )
+        up.answers[("clean.example.com", "A")] = Canned(
+            answer=[
+                ("clean.example.com", 60, "A", "192.0.2.6"),
+                _sig("clean.example.com", "A", 60),
+            ],
+            ad=True,
+        )
+        up.answers[("_s._tcp.clean.example.com", "SRV")] = Canned(
+            answer=[
+                ("_s._tcp.clean.example.com", 60, "SRV", "0 0 443 t.example.com."),
+                _sig("_s._tcp.clean.example.com", "SRV", 60),
+            ],
+            additional=[("t.example.com", 60, "A", "203.0.113.68"), _sig("t.example.com", "A", 60)],
+            ad=True,
+        )
+        policy = make_policy(
+            "mixed.example.com", "inside.example.com", "clean.example.com", "*.clean.example.com"
+        )
+        async with running(policy, up) as gw:
+            mixed = await ask(gw, "mixed.example.com", dnssec=True, edns=0)
+            inside = await ask(gw, "inside.example.com", dnssec=True, edns=0)
+            clean = await ask(gw, "clean.example.com", dnssec=True, edns=0)
+            srv = await ask(gw, "_s._tcp.clean.example.com", "SRV", dnssec=True, edns=0)
+    assert addresses(mixed) == {"192.0.2.5"}
+    assert _covered(mixed) == set()
+    assert not mixed.flags & dns.flags.AD
+    assert addresses(inside) == set()
+    assert _covered(inside) == {("inside.example.com", "CNAME")}
+    assert not inside.flags & dns.flags.AD
+    assert _covered(clean) == {("clean.example.com", "A")}
+    assert clean.flags & dns.flags.AD
+    assert addresses(srv) == set()
+    assert _covered(srv) == {("_s._tcp.clean.example.com", "SRV")}
+    assert not srv.flags & dns.flags.AD
+
+
+async def test_rrsig_ttls_capped_like_their_rrsets() -> None:
+    """Signatures of the chain's RRsets come back with the same capped TTL as the RRsets."""
+    async with upstream_server() as up:
+        up.answers[("www.example.com", "AAAA")] = Canned(
+            answer=[
+                ("www.example.com", 86400, "CNAME", "edge.example.com."),
+                _sig("www.example.com", "CNAME", 86400),
+                ("edge.example.com", 7200, "AAAA", "2001:db8::1"),
+                _sig("edge.example.com", "AAAA", 7200),
+            ]
+        )
+        async with running(make_policy("www.example.com"), up, max_ttl=600) as gw:
+            reply = await ask(gw, "www.example.com", "AAAA", dnssec=True, edns=0)
+    assert {r.ttl for r in reply.answer} == {600}
+    assert len(reply.answer) == 4
+
+
+def test_matcher_ancestors_are_a_fixed_set() -> None:
+    """Ancestors: above exact entries, a wildcard's parent and above, the root; nothing else."""
+    m = NameMatcher([parse_outbound("api.example.com"), parse_outbound("*.cdn.example.net")])
+    for name in (".", "com", "example.com", "net", "example.net", "cdn.example.net"):
+        assert m.is_ancestor(name), name
+    for name in ("api.example.com", "x.example.com", "x.example.net", "a.cdn.example.net"):
+        assert not m.is_ancestor(name), name
+
+
+async def test_dnssec_records_of_ancestors_are_forwarded_nothing_else() -> None:
+    """DS/DNSKEY/SOA/NS of ancestors of entries and live names are forwarded; nothing else is."""
+    clock = Clock()
+    async with upstream_server() as up:
+        up.answers[("example.com", "NS")] = Canned(
+            answer=[
+                ("example.com", 60, "NS", "ns.example.com."),
+                ("example.com", 60, "A", "203.0.113.66"),
+            ],
+            additional=[("ns.example.com", 60, "A", "203.0.113.67")],
+        )
+        up.answers[("www.example.com", "A")] = Canned(answer=CHAIN)
+        learner = Learner()
+        policy = make_policy("www.example.com", "*.cdn.example.com")
+        async with running(policy, up, learner, clock=clock) as gw:
+            allowed = [
+                await ask(gw, name, rtype)
+                for name, rtype in (
+                    ("example.com", "DS"),
+                    ("com", "DNSKEY"),
+                    (".", "DNSKEY"),
+                    ("cdn.example.com", "SOA"),
+                    ("example.com", "NS"),
+                )
+            ]
+            denied = [
+                await ask(gw, name, rtype)
+                for name, rtype in (
+                    ("tunnel-data.example.com", "DS"),
+                    ("example.com", "TXT"),
+                    ("example.com", "A"),
+                    ("example.org", "DNSKEY"),
+                )
+            ]
+            await ask(gw, "www.example.com")
+            above_live = await ask(gw, "example.org", "DNSKEY")
+            clock.t += 100
+            after = await ask(gw, "example.org", "DNSKEY")
+    assert [r.rcode() for r in denied] == [dns.rcode.NXDOMAIN] * 4
+    assert after.rcode() == dns.rcode.NXDOMAIN
+    assert above_live.rcode() == dns.rcode.NXDOMAIN  # upstream's answer: it was forwarded
+    ns = allowed[-1]
+    assert ns.answer == _rrsets([("example.com", 60, "NS", "ns.example.com.")])
+    assert addresses(ns) == set()
+    assert [c[1] for c in learner.calls] == ["www.example.com"]
+    assert up.names() == [
+        ("example.com", "DS"),
+        ("com", "DNSKEY"),
+        (".", "DNSKEY"),
+        ("cdn.example.com", "SOA"),
+        ("example.com", "NS"),
+        ("www.example.com", "A"),
+        ("example.org", "DNSKEY"),
+    ]
