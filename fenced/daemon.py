@@ -590,6 +590,11 @@ class _GatewayMetrics(GatewayStats):
         super().filtered_address(policy, name, ip)
         self.metrics.address_filtered()
 
+    def lost(self, policy: str, count: int) -> None:
+        """See ``GatewayStats.lost``."""
+        super().lost(policy, count)
+        self.metrics.gateway_lost(policy, count)
+
 
 def _is_own(commit: Commit) -> bool:
     """Whether a commit came from fenced: its netlink sockets or the nft runs it started.

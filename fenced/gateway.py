@@ -6,7 +6,8 @@ The port says which policy asked (the kernel lets only that policy's sockets rea
 so one ``Gateway`` serves one policy. For each query it:
 
 * answers ``FORMERR`` to what does not parse (or drops it when not even the header
-  does), ``NOTIMP`` to opcodes other than QUERY, ``FORMERR`` to anything but exactly one
+  does), ``BADVERS`` (with EDNS version 0) to an EDNS version above 0 (RFC 6891),
+  ``NOTIMP`` to opcodes other than QUERY, ``FORMERR`` to anything but exactly one
   question, ``REFUSED`` to classes other than IN and to zone transfers and other meta
   types;
 * answers ``NXDOMAIN`` (or ``REFUSED``, per the policy's ``deny_response``) to a name no
@@ -17,7 +18,9 @@ so one ``Gateway`` serves one policy. For each query it:
 * forwards a question for an allowed name to the resolvers with a fresh random ID
   (:func:`fenced.resolver.forward`: UDP with EDNS, TCP on truncation, next server on
   failure, about 2 s in all), keeping the client's RD, CD and AD bits and its DO bit;
-  when nothing usable comes back the client gets ``SERVFAIL``;
+  the reply carries the upstream's rcode and its AA, AD, CD and RA bits. When every
+  resolver refused, the client gets ``REFUSED``; when nothing usable comes back
+  otherwise, ``SERVFAIL``;
 * lets the names on an allowed answer's CNAME chain be asked (any type) while the chain is
   live, on the ports of the entry that allowed the first name (:mod:`fenced.chains`), and
   forwards DS, DNSKEY, SOA and NS queries for the ancestors of the entries and of live
@@ -40,10 +43,16 @@ so one ``Gateway`` serves one policy. For each query it:
 * returns other types (TXT, SRV, HTTPS, MX, ...) of allowed names unchanged apart from
   removed address records; nothing in them is learned (not SRV or HTTPS targets, not
   ``ipv4hint``/``ipv6hint``);
-* over UDP, sends ``TC=1`` with an empty answer when the reply exceeds what the client
-  can take (its EDNS payload size, 512 bytes without EDNS), so it asks again over TCP.
-  The TCP listener takes length-prefixed messages, several per connection, closes
-  connections idle for ``tcp_idle`` seconds and holds at most ``max_tcp`` at once.
+* over UDP, when the reply exceeds what the client can take (its EDNS payload size, 512
+  bytes without EDNS), leaves out the additional section and, if that is not enough,
+  sends ``TC=1`` with the first whole answer records that fit and nothing else (as BIND
+  and dnsmasq do): a client that does not retry over TCP still gets the addresses
+  learned first, and never one the firewall does not hold. The TCP listener takes
+  length-prefixed messages, several per connection, closes connections idle for
+  ``tcp_idle`` seconds and holds at most ``max_tcp`` at once.
+* reads its UDP sockets with ``recvmsg`` and ``SO_RXQ_OVFL``: queries the kernel dropped
+  because a socket's receive queue was full are counted as ``dropped`` when that socket
+  next receives one.
 
 Every query ends in one result counted through :class:`GatewayStats` (see
 :data:`Result`) with the time fenced added (handling time minus the time spent waiting
@@ -66,7 +75,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Literal
 
 import dns.exception
 import dns.flags
@@ -101,11 +110,14 @@ __all__ = [
 #:   like a denial, then forwarded and the answer returned as is, nothing learned;
 #: * ``servfail``: no resolver gave a usable answer in time; SERVFAIL returned;
 #: * ``learn_failed``: the ``learn`` hook raised or timed out; SERVFAIL returned;
-#: * ``formerr``: malformed, or not exactly one question; FORMERR returned;
-#: * ``refused``: class other than IN, or a zone transfer or meta type; REFUSED returned;
+#: * ``formerr``: malformed, or not exactly one question; FORMERR returned; or an EDNS
+#:   version above 0: BADVERS returned;
+#: * ``refused``: class other than IN, a zone transfer or meta type, or every resolver
+#:   refused the query; REFUSED returned;
 #: * ``notimp``: opcode other than QUERY; NOTIMP returned;
 #: * ``dropped``: no reply at all (unparseable header, a response sent to the gateway,
-#:   too many queries in flight).
+#:   too many queries in flight, or dropped by the kernel: the socket's receive queue
+#:   was full).
 Result = Literal[
     "allowed",
     "denied",
@@ -135,11 +147,16 @@ _INFRA_TYPES = frozenset(
     (dns.rdatatype.DS, dns.rdatatype.DNSKEY, dns.rdatatype.SOA, dns.rdatatype.NS)
 )
 _FORWARDED_FLAGS = dns.flags.RD | dns.flags.CD | dns.flags.AD
-_UPSTREAM_FLAGS = dns.flags.AA | dns.flags.AD | dns.flags.CD
+_UPSTREAM_FLAGS = dns.flags.AA | dns.flags.AD | dns.flags.CD | dns.flags.RA
 _REFUSED_TYPES = frozenset(
     (dns.rdatatype.AXFR, dns.rdatatype.IXFR, dns.rdatatype.OPT, dns.rdatatype.TSIG)
 )
 _HEADER = struct.Struct("!HHHHHH")
+#: Linux's SO_RXQ_OVFL (asm-generic/socket.h), which Python's socket module does not name.
+_SO_RXQ_OVFL = int(getattr(socket, "SO_RXQ_OVFL", 40))
+_DROPS = struct.Struct("=I")
+#: At most this many datagrams are read from one socket per wake-up of the event loop.
+_READ_BATCH = 64
 
 
 # ------------------------------------------------------------------------------ matching
@@ -238,6 +255,10 @@ class GatewayStats:
         """A restricted address ``ip`` was removed from an answer for ``name``."""
         self.filtered += 1
 
+    def lost(self, policy: str, count: int) -> None:
+        """The kernel dropped ``count`` queries to ``policy``'s gateway (counted ``dropped``)."""
+        self.results[(policy, "dropped")] += count
+
 
 class _Limiter:
     """Decides which repeated events get a log line (see the module text)."""
@@ -299,6 +320,54 @@ def _reply(query: dns.message.Message, rcode: int) -> dns.message.Message:
     reply = dns.message.make_response(query, recursion_available=True, our_payload=EDNS_PAYLOAD)
     reply.set_rcode(dns.rcode.Rcode.make(rcode))
     return reply
+
+
+def _relay(query: dns.message.Message, response: dns.message.Message) -> dns.message.Message:
+    """An empty reply to ``query`` with ``response``'s rcode, AA/AD/CD/RA bits and DO bit."""
+    reply = dns.message.make_response(query, recursion_available=False, our_payload=EDNS_PAYLOAD)
+    reply.set_rcode(response.rcode())
+    reply.flags |= response.flags & _UPSTREAM_FLAGS
+    if query.edns >= 0 and response.ednsflags & dns.flags.DO:
+        reply.want_dnssec(True)
+    return reply
+
+
+def _truncate(reply: dns.message.Message, limit: int) -> bytes:
+    """``reply`` in at most ``limit`` bytes, for a reply that does not fit whole.
+
+    Without its additional section if that is enough (OPT stays); else with ``TC=1``, the
+    first whole answer records that fit, in answer order, and no other records. Changes
+    ``reply``.
+    """
+    reply.additional = []
+    with contextlib.suppress(dns.exception.TooBig):
+        return reply.to_wire(max_size=limit)
+    rrsets = list(reply.answer)
+    reply.authority = []
+    reply.flags |= dns.flags.TC
+
+    def first(count: int) -> list[dns.rrset.RRset]:
+        kept: list[dns.rrset.RRset] = []
+        for rrset in rrsets:
+            if count <= 0:
+                break
+            rdatas = list(rrset)[:count]
+            count -= len(rdatas)
+            kept.append(dns.rrset.from_rdata_list(rrset.name, rrset.ttl, rdatas))
+        return kept
+
+    fits, too_many = 0, sum(len(r) for r in rrsets)  # no answer records always fit
+    while too_many - fits > 1:
+        middle = (fits + too_many) // 2
+        reply.answer = first(middle)
+        try:
+            reply.to_wire(max_size=limit)
+        except dns.exception.TooBig:
+            too_many = middle
+        else:
+            fits = middle
+    reply.answer = first(fits)
+    return reply.to_wire(max_size=limit)
 
 
 def _chain(response: dns.message.Message, qname: dns.name.Name) -> list[dns.name.Name]:
@@ -452,20 +521,59 @@ def _address(rd: object) -> IPAddress | None:
 # ------------------------------------------------------------------------------ server
 
 
-class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, gateway: Gateway) -> None:
+class _UdpListener:
+    """One UDP socket of a gateway, read with ``recvmsg`` to learn the kernel's drops.
+
+    ``SO_RXQ_OVFL`` makes the kernel attach the socket's running count of dropped
+    datagrams to each one it delivers; the growth since the last one read is passed to
+    ``gateway._lost``. Replies that cannot be sent at once are not sent (UDP).
+    """
+
+    def __init__(self, gateway: Gateway, sock: socket.socket) -> None:
         self.gateway = gateway
-        self.transport: asyncio.DatagramTransport | None = None
+        self.sock = sock
+        self.drops = 0
+        self.closed = False
+        self._loop = asyncio.get_running_loop()
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, _SO_RXQ_OVFL, 1)
+            self._loop.add_reader(sock.fileno(), self._readable)
+        except BaseException:
+            sock.close()
+            raise
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
+    def _readable(self) -> None:
+        for _ in range(_READ_BATCH):
+            try:
+                data, ancillary, _flags, addr = self.sock.recvmsg(65535, socket.CMSG_SPACE(4))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # an ICMP error for an earlier reply: nothing to do
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == _SO_RXQ_OVFL and len(value) >= 4:
+                    (total,) = _DROPS.unpack_from(value)
+                    lost = (total - self.drops) & 0xFFFFFFFF
+                    self.drops = total
+                    if lost:
+                        self.gateway._lost(lost)
+            self.gateway._spawn_udp(self, data, addr)
 
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        if self.transport is not None:
-            self.gateway._spawn_udp(self.transport, data, addr)
+    def is_closing(self) -> bool:
+        """Whether ``close`` was called."""
+        return self.closed
 
-    def error_received(self, exc: Exception) -> None:
-        pass  # an ICMP error for an earlier reply: nothing to do
+    def sendto(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        """Send ``data`` to ``addr`` if the socket takes it now; else let it go."""
+        with contextlib.suppress(OSError):
+            self.sock.sendto(data, addr)
+
+    def close(self) -> None:
+        """Stop reading and close the socket."""
+        if not self.closed:
+            self.closed = True
+            self._loop.remove_reader(self.sock.fileno())
+            self.sock.close()
 
 
 def _udp_socket(host: str, port: int) -> socket.socket:
@@ -549,7 +657,7 @@ class Gateway:
         #: sets ``max_ips_per_name``, what the firewall keeps for one name.
         self.max_ips = 0
         self._limiter = _Limiter()
-        self._udp: list[asyncio.DatagramTransport] = []
+        self._udp: list[_UdpListener] = []
         self._tcp: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._connections: set[asyncio.Task[None]] = set()
@@ -614,13 +722,10 @@ class Gateway:
         """Bind the listeners. Raises OSError when the first host cannot be bound."""
         if self._udp or self._tcp:
             raise RuntimeError("gateway already started")
-        loop = asyncio.get_running_loop()
         first, *others = self.hosts
         for attempt in range(20):
-            udp, _ = await loop.create_datagram_endpoint(
-                lambda: _Udp(self), sock=_udp_socket(first, self._port)
-            )
-            port = int(udp.get_extra_info("sockname")[1])
+            udp = _UdpListener(self, _udp_socket(first, self._port))
+            port = int(udp.sock.getsockname()[1])
             try:
                 tcp = await asyncio.start_server(self._tcp_client, first, port)
             except OSError:
@@ -634,9 +739,7 @@ class Gateway:
         self._tcp.append(tcp)
         for host in others:
             try:
-                more, _ = await loop.create_datagram_endpoint(
-                    lambda: _Udp(self), sock=_udp_socket(host, port)
-                )
+                more = _UdpListener(self, _udp_socket(host, port))
             except OSError as exc:
                 self.log.warning(
                     "gateway_listen_failed", policy=self.policy.name, host=host, error=exc
@@ -676,9 +779,12 @@ class Gateway:
         self._tcp.clear()
 
     # ------------------------------------------------------------------ sockets
-    def _spawn_udp(
-        self, transport: asyncio.DatagramTransport, data: bytes, addr: tuple[str | int, ...]
-    ) -> None:
+    def _lost(self, count: int) -> None:
+        """The kernel dropped ``count`` queries on one of the UDP sockets."""
+        self.stats.lost(self.policy.name, count)
+        self._note("warning", "gateway_queries_lost", None, lost=count)
+
+    def _spawn_udp(self, transport: _UdpListener, data: bytes, addr: tuple[str | int, ...]) -> None:
         if len(self._tasks) >= self.max_in_flight:
             self.stats.query(self.policy.name, "dropped", 0.0)
             self._note("warning", "gateway_overloaded", None, in_flight=len(self._tasks))
@@ -688,7 +794,7 @@ class Gateway:
         task.add_done_callback(self._tasks.discard)
 
     async def _udp_one(
-        self, transport: asyncio.DatagramTransport, data: bytes, addr: tuple[str | int, ...]
+        self, transport: _UdpListener, data: bytes, addr: tuple[str | int, ...]
     ) -> None:
         reply = await self.handle(data, "udp")
         if reply is not None and not transport.is_closing():
@@ -755,6 +861,8 @@ class Gateway:
             return ("formerr" if bare is not None else "dropped"), bare
         if query.flags & dns.flags.QR:
             return "dropped", None
+        if query.edns > 0:
+            return "formerr", _reply(query, dns.rcode.BADVERS).to_wire(max_size=512)
         if query.opcode() != dns.opcode.QUERY:
             return "notimp", _reply(query, dns.rcode.NOTIMP).to_wire(max_size=512)
         if len(query.question) != 1:
@@ -797,15 +905,15 @@ class Gateway:
         )
         upstream[0] = got.upstream
         response = got.response
+        if response is None and got.refusal is not None:
+            self._note("warning", "gateway_upstream_refused", name, qtype=qtype, error=got.detail)
+            return "refused", self._wire(_relay(query, got.refusal), query, transport)
         if response is None:
             self._note("warning", "gateway_upstream_failed", name, qtype=qtype, error=got.detail)
             return "servfail", self._wire(_reply(query, dns.rcode.SERVFAIL), query, transport)
 
         if audit:
-            reply = _reply(query, response.rcode())
-            reply.flags |= response.flags & _UPSTREAM_FLAGS
-            if query.edns >= 0 and response.ednsflags & dns.flags.DO:
-                reply.want_dnssec(True)
+            reply = _relay(query, response)
             reply.answer = response.answer
             reply.authority = response.authority
             reply.additional = response.additional
@@ -842,12 +950,9 @@ class Gateway:
             if targets:
                 self._keep_chain(sorted_out.names, sorted_out.ttl, targets, live)
 
-        reply = _reply(query, response.rcode())
-        reply.flags |= response.flags & _UPSTREAM_FLAGS
+        reply = _relay(query, response)
         if sorted_out.modified:
             reply.flags &= ~dns.flags.AD  # what was validated is no longer all there
-        if query.edns >= 0 and response.ednsflags & dns.flags.DO:
-            reply.want_dnssec(True)
         reply.answer = sorted_out.answer
         reply.authority = sorted_out.authority
         reply.additional = sorted_out.additional
@@ -899,16 +1004,14 @@ class Gateway:
     def _wire(
         self, reply: dns.message.Message, query: dns.message.Message, transport: Transport
     ) -> bytes:
-        """``reply`` as bytes, or an empty TC=1 reply when it is too big for UDP."""
+        """``reply`` as bytes, cut down (see :func:`_truncate`) when too big for UDP."""
         limit = 65535
         if transport == "udp":
             limit = max(512, query.payload) if query.edns >= 0 else 512
         try:
             return reply.to_wire(max_size=limit)
         except dns.exception.TooBig:
-            short = _reply(query, reply.rcode())
-            short.flags |= dns.flags.TC | (reply.flags & _UPSTREAM_FLAGS)
-            return short.to_wire(max_size=limit)
+            return _truncate(reply, limit)
 
     def _note(
         self, level: str, event: str, name: str | None, key: str | None = None, **fields: object

@@ -302,6 +302,10 @@ class Metrics:
         self._gateway_queries.labels(policy, result).inc()
         self._gateway_latency.observe(max(0.0, seconds))
 
+    def gateway_lost(self, policy: str, count: int) -> None:
+        """The kernel dropped ``count`` queries to ``policy``'s gateway (result ``dropped``)."""
+        self._gateway_queries.labels(policy, "dropped").inc(count)
+
     # ------------------------------------------------------------------ state
     def set_denied(self, policy: str, direction: str, packets: float) -> None:
         """The kernel counter of ``policy``'s denials in ``direction`` reads ``packets``."""

@@ -815,7 +815,8 @@ class Forwarded:
     the query: dnspython checks), or ``None`` when every try failed; ``server`` the
     server that gave it; ``upstream`` the seconds spent waiting on servers (all tries);
     ``tcp`` whether the response came over TCP; ``detail`` what went wrong, per try, in
-    words (empty when the first try answered).
+    words (empty when the first try answered). ``refusal`` is the last REFUSED response
+    when every server refused the query (then ``response`` is ``None``), else ``None``.
     """
 
     response: dns.message.Message | None
@@ -823,6 +824,7 @@ class Forwarded:
     upstream: float
     tcp: bool = False
     detail: str = ""
+    refusal: dns.message.Message | None = None
 
 
 async def forward(
@@ -841,17 +843,23 @@ async def forward(
     (the whole call never takes much longer than ``budget``). A timeout, a network error,
     a malformed or mismatched reply, or an rcode other than NOERROR and NXDOMAIN
     (SERVFAIL, REFUSED, FORMERR, ...) moves on to the next server; the list is walked at
-    most ``rounds`` times. Never raises for a network or DNS outcome: failure is
-    ``Forwarded(response=None, ...)``. The query is sent as given (build it with a fresh
-    random ID: responses are matched on ID and question).
+    most ``rounds`` times, a server that refused is not asked again (a refusal is its
+    answer, not a hiccup). Never raises for a network or DNS outcome: failure is
+    ``Forwarded(response=None, ...)``, with ``refusal`` set when every server refused.
+    The query is sent as given (build it with a fresh random ID: responses are matched
+    on ID and question).
     """
     addrs = [str(ipaddress.ip_address(s)) for s in servers]
     start = time.monotonic()
     deadline = start + budget
     problems: list[str] = []
+    refusal: dns.message.Message | None = None
+    refused: set[str] = set()
     if not addrs:
         return Forwarded(None, None, 0.0, detail="no upstream server")
     for server in itertools.islice(itertools.cycle(addrs), max(1, rounds) * len(addrs)):
+        if server in refused:
+            continue
         left = deadline - time.monotonic()
         if left <= 0.01:
             problems.append("time budget spent")
@@ -873,8 +881,17 @@ async def forward(
         rcode = response.rcode()
         if rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
             return Forwarded(response, server, time.monotonic() - start, tcp, "; ".join(problems))
+        if rcode == dns.rcode.REFUSED:
+            refused.add(server)
+            refusal = response
         problems.append(f"{server}: {dns.rcode.to_text(rcode)}")
-    return Forwarded(None, None, time.monotonic() - start, detail="; ".join(problems))
+    return Forwarded(
+        None,
+        None,
+        time.monotonic() - start,
+        detail="; ".join(problems),
+        refusal=refusal if refused.issuperset(addrs) else None,
+    )
 
 
 __all__ = [

@@ -51,6 +51,7 @@ class Upstream:
     delay: float = 0.0
     silent: bool = False
     port: int = 0
+    recursion_available: bool = True
 
     def names(self) -> list[tuple[str, str]]:
         """(name, type) of every query received."""
@@ -80,7 +81,8 @@ def _upstream_reply(up: Upstream, wire: bytes, transport: str) -> bytes:
     key = (q.name.to_text(omit_final_dot=True).lower(), dns.rdatatype.to_text(q.rdtype))
     canned = up.answers.get(key, Canned(rcode=dns.rcode.NXDOMAIN))
     response = dns.message.make_response(query, our_payload=1232)
-    response.flags |= dns.flags.RA
+    if up.recursion_available:
+        response.flags |= dns.flags.RA
     if query.ednsflags & dns.flags.DO:
         response.want_dnssec(True)
     response.set_rcode(canned.rcode)
@@ -555,7 +557,7 @@ async def test_upstream_down_gives_servfail_quickly() -> None:
 
 
 async def test_large_answer_truncated_over_udp_full_over_tcp() -> None:
-    """An answer above the client's UDP size comes back TC=1 and empty; over TCP, whole."""
+    """An answer above the client's UDP size comes back TC=1 and cut; over TCP, whole."""
     many = [("big.example.com", 60, "A", f"198.51.100.{i}") for i in range(1, 61)]
     async with upstream_server() as up:
         up.answers[("big.example.com", "A")] = Canned(answer=many)
@@ -565,13 +567,142 @@ async def test_large_answer_truncated_over_udp_full_over_tcp() -> None:
             tcp = await ask(gw, "big.example.com", tcp=True)
             edns = await ask(gw, "big.example.com", edns=0, payload=4096)
     assert udp.flags & dns.flags.TC
-    assert not udp.answer
+    assert 0 < len(addresses(udp)) < 60
     assert not tcp.flags & dns.flags.TC
     assert len(addresses(tcp)) == 60
     assert len(addresses(edns)) == 60  # 60 A records fit in 4096 bytes
     assert len(learner.calls[0][3]) == 60
     # 60 A records fit in the 1232 bytes fenced advertises upstream: no upstream TCP.
     assert {t for t, _ in up.queries} == {"udp"}
+
+
+async def test_truncated_udp_answer_keeps_the_first_whole_records_that_fit() -> None:
+    """Over UDP a too-big answer carries, with TC=1, the chain and the first addresses."""
+    chain = [("www.example.com", 60, "CNAME", "edge.example.net.")]
+    many = [("edge.example.net", 60, "A", f"198.51.100.{i}") for i in range(1, 31)]
+    async with upstream_server() as up:
+        up.answers[("www.example.com", "A")] = Canned(
+            answer=chain + many, additional=[("ns.example.net", 60, "TXT", "glue")]
+        )
+        learner = Learner()
+        async with running(make_policy("www.example.com"), up, learner) as gw:
+            plain = dns.message.make_query("www.example.com", "A")
+            wire = await _udp_exchange(gw.port, plain.to_wire())
+            small = await ask(gw, "www.example.com", edns=0, payload=512)
+    reply = dns.message.from_wire(wire)
+    for got, call in zip((reply, small), learner.calls, strict=True):
+        learned = [str(ip) for ip in call[3]]
+        assert len(learned) == 30
+        assert got.flags & dns.flags.TC and got.rcode() == dns.rcode.NOERROR
+        assert got.answer[0].rdtype == dns.rdatatype.CNAME
+        kept = addresses(got)
+        assert 20 < len(kept) < 30
+        assert kept == set(learned[: len(kept)])  # the first ones learned
+        assert not got.authority and not got.additional
+    assert len(wire) <= 512
+    assert small.edns == 0  # the OPT record stays
+
+
+async def _udp_exchange(port: int, wire: bytes) -> bytes:
+    """Send ``wire`` to 127.0.0.1:``port`` over UDP and return the raw reply."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setblocking(False)
+        s.connect(("127.0.0.1", port))
+        s.send(wire)
+        return await asyncio.wait_for(loop.sock_recv(s, 65535), 5)
+
+
+async def test_reply_without_additional_fits_without_tc() -> None:
+    """A reply that fits once its additional section is left out is sent whole, TC=0."""
+    many = [("a.example.com", 60, "A", f"198.51.100.{i}") for i in range(1, 11)]
+    extra = [("a.example.com", 60, "TXT", "x" * 200), ("b.example.com", 60, "TXT", "y" * 200)]
+    async with upstream_server() as up:
+        up.answers[("a.example.com", "A")] = Canned(answer=many, additional=extra)
+        async with running(make_policy("a.example.com"), up) as gw:
+            reply = await ask(gw, "a.example.com")
+    assert not reply.flags & dns.flags.TC
+    assert len(addresses(reply)) == 10 and not reply.additional
+
+
+async def test_edns_version_above_0_gets_badvers() -> None:
+    """A query with EDNS version 1 gets BADVERS with an OPT of version 0; nothing forwarded."""
+    async with upstream_server() as up:
+        up.answers[("a.example.com", "A")] = Canned(
+            answer=[("a.example.com", 60, "A", "192.0.2.1")]
+        )
+        stats = GatewayStats()
+        async with running(make_policy("a.example.com"), up, stats=stats) as gw:
+            reply = await ask(gw, "a.example.com", edns=1)
+            denied = await ask(gw, "b.example.com", edns=1)
+            ok = await ask(gw, "a.example.com", edns=0)
+    for got in (reply, denied):
+        assert got.rcode() == dns.rcode.BADVERS
+        assert got.edns == 0
+        assert not got.answer
+    assert addresses(ok) == {"192.0.2.1"}
+    assert up.names() == [("a.example.com", "A")]
+    assert stats.results[("web", "formerr")] == 2
+
+
+async def test_refused_by_every_resolver_is_passed_as_refused() -> None:
+    """REFUSED from every resolver reaches the client as REFUSED (each asked once), not SERVFAIL."""
+    async with upstream_server() as one, upstream_server("127.0.0.2", one.port) as two:
+        for up in (one, two):
+            up.recursion_available = False
+            up.answers[("a.example.com", "A")] = Canned(rcode=dns.rcode.REFUSED)
+        stats = GatewayStats()
+        policy = make_policy("a.example.com")
+        servers = ("127.0.0.1", "127.0.0.2")
+        async with running(policy, one, servers=servers, stats=stats) as gw:
+            refused = await ask(gw, "a.example.com")
+            two.answers[("a.example.com", "A")] = Canned(rcode=dns.rcode.SERVFAIL)
+            mixed = await ask(gw, "a.example.com")
+    assert refused.rcode() == dns.rcode.REFUSED
+    assert not refused.flags & dns.flags.RA  # as the resolvers said
+    assert mixed.rcode() == dns.rcode.SERVFAIL
+    assert stats.results[("web", "refused")] == 1
+    assert stats.results[("web", "servfail")] == 1
+    # first query: each resolver once; second: the refuser once, the failing one twice
+    assert len(one.queries) == 2
+    assert len(two.queries) == 3
+
+
+async def test_ra_bit_is_the_upstream_one() -> None:
+    """RA in an answer is copied from the resolver's answer, not set by the gateway."""
+    async with upstream_server() as up:
+        up.answers[("a.example.com", "A")] = Canned(
+            answer=[("a.example.com", 60, "A", "192.0.2.1")]
+        )
+        async with running(make_policy("a.example.com"), up) as gw:
+            with_ra = await ask(gw, "a.example.com")
+            up.recursion_available = False
+            without_ra = await ask(gw, "a.example.com")
+            nxdomain = await ask(gw, "nx.example.com")
+    assert with_ra.flags & dns.flags.RA
+    assert not without_ra.flags & dns.flags.RA
+    assert addresses(without_ra) == {"192.0.2.1"}
+    # a denial is the gateway's own answer: it offers recursion
+    assert nxdomain.rcode() == dns.rcode.NXDOMAIN and nxdomain.flags & dns.flags.RA
+
+
+async def test_queries_the_kernel_dropped_are_counted() -> None:
+    """Queries lost to a full socket receive queue are counted as dropped (SO_RXQ_OVFL)."""
+    async with upstream_server() as up:
+        stats = GatewayStats()
+        async with running(make_policy("a.example.com"), up, stats=stats) as gw:
+            wire = dns.message.make_query("denied.example.org", "A").to_wire()
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect(("127.0.0.1", gw.port))
+                # blocking sends: the event loop (and so the gateway) reads nothing meanwhile
+                for _ in range(3000):
+                    s.send(wire)
+                await asyncio.sleep(0.5)
+                s.send(wire)  # the kernel reports the drops with the next datagram
+                await asyncio.sleep(0.5)
+    handled = stats.results[("web", "denied")]
+    assert 0 < handled < 3001
+    assert stats.results[("web", "dropped")] == 3001 - handled
 
 
 async def test_upstream_truncation_falls_back_to_tcp() -> None:
