@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
@@ -147,6 +151,69 @@ def test_large_answer_over_tcp(bed: Bed, kind: str) -> None:
     assert tcp.outcome == "answer" and sorted(tcp["addresses"]) == sorted(many)
     for ip in (many[0], many[-1]):  # nothing listens there: not refused means allowed
         assert bed.probe("tcp", ip, 80, timeout=0.5, **who).outcome != "refused"
+
+
+_MUSL_GAI = textwrap.dedent(
+    """\
+    #include <arpa/inet.h>
+    #include <netdb.h>
+    #include <stdio.h>
+    #include <string.h>
+
+    int main(int argc, char **argv) {
+        struct addrinfo hints, *res, *p;
+        char text[INET_ADDRSTRLEN];
+        memset(&hints, 0, sizeof hints);
+        hints.ai_family = AF_INET;
+        hints.ai_socktype = SOCK_STREAM;
+        int rc = getaddrinfo(argv[1], NULL, &hints, &res);
+        if (rc != 0) {
+            printf("error %s\\n", gai_strerror(rc));
+            return 1;
+        }
+        for (p = res; p != NULL; p = p->ai_next) {
+            struct sockaddr_in *sin = (struct sockaddr_in *)p->ai_addr;
+            printf("%s\\n", inet_ntop(AF_INET, &sin->sin_addr, text, sizeof text));
+        }
+        return 0;
+    }
+    """
+)
+
+
+def _musl_gai(bed: Bed) -> str:
+    """Compile a getaddrinfo program against musl into the bed's directory; its path."""
+    if shutil.which("musl-gcc") is None:
+        if os.environ.get("CI"):
+            pytest.fail("musl-gcc is missing, and CI must run this test")
+        pytest.skip("musl-gcc is not installed")
+    src = bed.tmpdir / "gai.c"
+    src.write_text(_MUSL_GAI)
+    prog = bed.tmpdir / "gai-musl"
+    subprocess.run(["musl-gcc", "-static", "-O1", "-o", str(prog), str(src)], check=True)
+    prog.chmod(0o755)
+    return str(prog)
+
+
+def test_musl_resolves_a_name_whose_answer_is_truncated(bed: Bed) -> None:
+    """musl (no TCP retry) resolves a 30-address name from the cut UDP answer; all are open."""
+    many = [f"198.51.100.{i}" for i in range(100, 130)]  # 30 A records: over 512 bytes
+    bed.dns.set("many.cdn.example.net", "A", many, ttl=30)
+    prog = _musl_gai(bed)
+    _start(bed, "uid")
+    # musl reads /etc/resolv.conf: a private mount namespace gets the bed's, naming a
+    # server that does not exist, so every answer comes through the gateway
+    script = (
+        'mount --bind "$0" /etc/resolv.conf && '
+        f'exec setpriv --reuid={C.UID} --regid={C.UID} --clear-groups -- "$1" "$2"'
+    )
+    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
+    cp = bed.run([*argv, _resolv_conf(bed), prog, "many.cdn.example.net"], timeout=30)
+    got = cp.stdout.split()
+    assert cp.returncode == 0, (cp.stdout, cp.stderr)
+    assert 20 <= len(got) < 30 and set(got) <= set(many), got
+    for ip in got:  # nothing listens there: not refused means the firewall holds it
+        assert bed.probe("tcp", ip, 80, timeout=0.5, uid=C.UID).outcome != "refused", ip
 
 
 def test_answer_is_capped_to_what_fenced_keeps(bed: Bed) -> None:
