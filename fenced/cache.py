@@ -140,6 +140,10 @@ class DnsCache(Generic[K]):
         self._holders: dict[IPAddress, set[K]] = {}
         # Lazy heap of (expires, tiebreak, key, ip); stale rows are skipped when popped.
         self._heap: list[tuple[float, int, K, IPAddress]] = []
+        # Per IP, a lazy max-heap of (-expires, tiebreak, key): the planner asks for the
+        # latest holder of an IP on every write, and an IP of a CDN may have thousands.
+        self._by_ip: dict[IPAddress, list[tuple[float, int, K]]] = {}
+        self._pairs = 0
         self._tie = itertools.count()
         self._answers = itertools.count(1)
 
@@ -169,6 +173,27 @@ class DnsCache(Generic[K]):
         """Every key holding ``ip``."""
         return iter(list(self._holders.get(ip, ())))
 
+    def latest(self, ip: IPAddress) -> Iterator[tuple[K, float]]:
+        """Every key holding ``ip`` with its expiry, the latest expiry first, each once.
+
+        The first pair costs O(1) amortized however many keys hold ``ip``; going on
+        costs a sort of the other holders. Consume it before changing the cache.
+        """
+        heap = self._by_ip.get(ip)
+        while heap:
+            neg, _, key = heap[0]
+            entry = self._entries.get(key, {}).get(ip)
+            if entry is not None and entry.expires == -neg:
+                return self._latest_from(ip, key, -neg)
+            heapq.heappop(heap)
+        return iter(())
+
+    def _latest_from(self, ip: IPAddress, first: K, expires: float) -> Iterator[tuple[K, float]]:
+        yield first, expires
+        rest = [(k, self._entries[k][ip].expires) for k in self._holders.get(ip, ()) if k != first]
+        rest.sort(key=lambda pair: pair[1], reverse=True)
+        yield from rest
+
     def expiry(self, key: K, ip: IPAddress) -> float | None:
         """When ``ip`` leaves ``key``, or None when ``key`` does not hold it."""
         entry = self._entries.get(key, {}).get(ip)
@@ -187,25 +212,34 @@ class DnsCache(Generic[K]):
 
     def __len__(self) -> int:
         """The number of (key, IP) pairs held."""
-        return sum(len(v) for v in self._entries.values())
+        return self._pairs
 
     # ------------------------------------------------------------------ internals
     def _set(self, key: K, ip: IPAddress, entry: CacheEntry, change: KeyChange) -> None:
         ips = self._entries.setdefault(key, {})
         old = ips.get(ip)
         ips[ip] = entry
-        self._holders.setdefault(ip, set()).add(key)
+        holders = self._holders.setdefault(ip, set())
+        holders.add(key)
+        if old is None:
+            self._pairs += 1
         if old is None or old.expires != entry.expires or old.deadline != entry.deadline:
             change.updated[ip] = entry.expires
             change.removed.discard(ip)
         if old is None or old.expires != entry.expires:
             heapq.heappush(self._heap, (entry.expires, next(self._tie), key, ip))
+            by_ip = self._by_ip.setdefault(ip, [])
+            heapq.heappush(by_ip, (-entry.expires, next(self._tie), key))
+            if len(by_ip) > 2 * len(holders) + 16:  # mostly stale rows: rebuild
+                by_ip[:] = [(-self._entries[k][ip].expires, next(self._tie), k) for k in holders]
+                heapq.heapify(by_ip)
 
     def _drop(self, key: K, ip: IPAddress, change: KeyChange) -> None:
         ips = self._entries.get(key)
         if ips is None or ip not in ips:
             return
         del ips[ip]
+        self._pairs -= 1
         if not ips:
             del self._entries[key]
         holders = self._holders.get(ip)
@@ -213,6 +247,7 @@ class DnsCache(Generic[K]):
             holders.discard(key)
             if not holders:
                 del self._holders[ip]
+                self._by_ip.pop(ip, None)
         change.updated.pop(ip, None)
         change.removed.add(ip)
 

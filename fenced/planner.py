@@ -120,12 +120,8 @@ class CacheView(Protocol[K]):
         """The IPs ``key`` holds."""
         ...
 
-    def holders(self, ip: IPAddress) -> Iterable[K]:  # pragma: no cover - protocol
-        """The keys holding ``ip``."""
-        ...
-
-    def expiry(self, key: K, ip: IPAddress) -> float | None:  # pragma: no cover
-        """When ``ip`` leaves ``key``, None when ``key`` does not hold it."""
+    def latest(self, ip: IPAddress) -> Iterable[tuple[K, float]]:  # pragma: no cover
+        """The keys holding ``ip`` with their expiries, the latest first."""
         ...
 
 
@@ -314,13 +310,14 @@ class Planner(Generic[K]):
             return None
         if not target.allow_private and is_restricted(ip):
             return None
-        best: float | None = None
-        for key in self.view.holders(ip):
+        # The latest holder feeding the set decides; usually the first one looked at, so
+        # the cost does not grow with the number of names sharing the IP (a CDN's).
+        for key, exp in self.view.latest(ip):
+            if exp <= now:
+                return None
             if any(t.name == name for t in self.sets_for(key)):
-                exp = self.view.expiry(key, ip)
-                if exp is not None and exp > now and (best is None or exp > best):
-                    best = exp
-        return best
+                return exp
+        return None
 
     def plan(self, now: float, change: Change[K] | None = None) -> Plan[K]:
         """Mark ``change``'s pairs dirty and plan every dirty pair (see the module text)."""

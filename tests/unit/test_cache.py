@@ -313,6 +313,15 @@ class CacheMachine(RuleBasedStateMachine):
             assert set(self.cache.holders(ip)) == want
 
     @invariant()
+    def latest_is_holders_latest_first(self) -> None:
+        """latest(ip) gives every holder once with its expiry, the latest first."""
+        for ip in POOL:
+            want = {k: ips[ip].expires for k, ips in self.model.items() if ip in ips}
+            got = list(self.cache.latest(ip))
+            assert dict(got) == want and len(got) == len(want)
+            assert [e for _, e in got] == sorted(want.values(), reverse=True)
+
+    @invariant()
     def next_expiry_is_min(self) -> None:
         """next_expiry is the earliest expiry held."""
         exps = [e.expires for ips in self.model.values() for e in ips.values()]

@@ -262,3 +262,31 @@ def test_ops_are_setops() -> None:
     plan = r.planner.plan(0.0, r.cache.update(0.0, "b", [A], 60))
     assert all(isinstance(op, SetOp) for op in plan.ops)
     assert plan.elements == 1
+
+
+def test_planning_an_ip_shared_by_many_names_does_not_visit_them_all() -> None:
+    """An answer for an IP 5,000 live names share is planned without looking at each name."""
+    mapping: dict[str, tuple[SetTarget, ...]] = {f"n{i}.cdn.example": (S4,) for i in range(5000)}
+    mapping["other"] = (S6,)
+    r = Rig(mapping)
+    looked: list[str] = []
+
+    def counting(key: str) -> Sequence[SetTarget]:
+        looked.append(key)
+        return r.sets_for(key)
+
+    r.planner.sets_for = counting
+    for i in range(5000):
+        r.planner.commit(
+            r.planner.plan(float(i), r.cache.update(float(i), f"n{i}.cdn.example", [A], 60))
+        )
+    looked.clear()
+    plan = r.planner.plan(5000.0, r.cache.update(5000.0, "n0.cdn.example", [A], 600))
+    assert _ops(plan) == [("refresh", "s4", [(ipv4_key(A), 630_000)])]
+    assert len(looked) < 10
+    # the latest holder leaves: the next latest one decides, not an older one
+    r.cache.forget("n0.cdn.example")
+    assert r.planner.wanted(5000.0, "s4", A) == 4999 + 90
+    assert r.planner.wanted(5000.0, "s6", A) is None
+    r.cache.update(5000.0, "other", [A], 600)
+    assert r.planner.wanted(5000.0, "s4", A) == 4999 + 90  # a later holder of another set
