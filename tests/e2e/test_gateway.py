@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,7 @@ import pytest
 
 from tests.bed import constants as C
 from tests.bed.bed import Bed, ProbeResult
-from tests.bed.fenced_proc import Fenced, daemon_section, policy_section
+from tests.bed.fenced_proc import Fenced, daemon_section, eventually, policy_section
 from tests.e2e.test_core import Who, who_of
 
 pytestmark = pytest.mark.bed
@@ -214,6 +215,47 @@ def test_musl_resolves_a_name_whose_answer_is_truncated(bed: Bed) -> None:
     assert 20 <= len(got) < 30 and set(got) <= set(many), got
     for ip in got:  # nothing listens there: not refused means the firewall holds it
         assert bed.probe("tcp", ip, 80, timeout=0.5, uid=C.UID).outcome != "refused", ip
+
+
+_BLAST = """
+import socket, sys
+import dns.message
+wire = dns.message.make_query("blast.example.org", "A").to_wire()
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    s.connect((sys.argv[1], 53))
+    for _ in range(int(sys.argv[2])):
+        s.send(wire)
+"""
+
+
+def _udp_rcvbuf_errors(bed: Bed) -> int:
+    """The client namespace's UDP RcvbufErrors counter (/proc/net/snmp)."""
+    lines = [ln.split() for ln in bed.ns_exec(["cat", "/proc/net/snmp"]).stdout.splitlines()]
+    head, values = [ln for ln in lines if ln[0] == "Udp:"]
+    return int(values[head.index("RcvbufErrors")])
+
+
+def test_queries_the_kernel_drops_are_counted(bed: Bed) -> None:
+    """Queries lost on the gateway's full socket are counted dropped, as many as the kernel lost."""
+    fenced, who = _start(bed, "cgroup")
+    cg = who["cgroup"]
+    before = _udp_rcvbuf_errors(bed)
+    fenced.send_signal(signal.SIGSTOP)  # the gateway reads nothing: its socket fills up
+    try:
+        # root in the policy's cgroup (the interpreter is not readable by other uids);
+        # the socket is closed before fenced answers, so only the gateway's can overflow
+        bed.run([sys.executable, "-c", _BLAST, C.RESOLVER_V4, "3000"], cgroup=cg, check=True)
+    finally:
+        fenced.send_signal(signal.SIGCONT)
+    lost = _udp_rcvbuf_errors(bed) - before
+    assert lost > 0
+    # the kernel tells the socket its drop count with the next query it delivers
+    r = bed.resolve("blast.example.org", server=C.RESOLVER_V4, cgroup=cg)
+    assert r.outcome == "answer" and r["rcode"] == "NXDOMAIN"
+    dropped = 'fenced_gateway_queries_total{policy="web",result="dropped"}'
+    eventually(lambda: fenced.metric(dropped) == lost, 10, f"{lost} drops counted")
+    denied = fenced.metric('fenced_gateway_queries_total{policy="web",result="denied"}')
+    assert denied + lost == 3001
 
 
 def test_answer_is_capped_to_what_fenced_keeps(bed: Bed) -> None:
