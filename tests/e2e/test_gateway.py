@@ -217,6 +217,21 @@ def test_musl_resolves_a_name_whose_answer_is_truncated(bed: Bed) -> None:
         assert bed.probe("tcp", ip, 80, timeout=0.5, uid=C.UID).outcome != "refused", ip
 
 
+def test_dig_edns_version_1_gets_badvers(bed: Bed) -> None:
+    """dig with EDNS version 1 gets BADVERS and an OPT of version 0; with version 0, the answer."""
+    if shutil.which("dig") is None:
+        if os.environ.get("CI"):
+            pytest.fail("dig is missing, and CI must run this test")
+        pytest.skip("dig is not installed")
+    bed.dns.set("a.cdn.example.net", "A", [CDN], ttl=30)
+    _start(bed, "uid")
+    base = ["dig", f"@{C.RESOLVER_V4}", "a.cdn.example.net", "A", "+tries=1", "+time=3"]
+    v1 = bed.run([*base, "+edns=1", "+noednsneg"], uid=C.UID, timeout=30)
+    assert "status: BADVERS" in v1.stdout and "EDNS: version: 0" in v1.stdout, v1.stdout
+    v0 = bed.run([*base, "+edns=0", "+short"], uid=C.UID, timeout=30)
+    assert v0.stdout.split() == [CDN], v0.stdout
+
+
 _BLAST = """
 import socket, sys
 import dns.message
