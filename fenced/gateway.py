@@ -46,8 +46,9 @@ so one ``Gateway`` serves one policy. For each query it:
 * over UDP, when the reply exceeds what the client can take (its EDNS payload size, 512
   bytes without EDNS), leaves out the additional section and, if that is not enough,
   sends ``TC=1`` with the first whole answer records that fit and nothing else (as BIND
-  and dnsmasq do): a client that does not retry over TCP still gets the addresses
-  learned first, and never one the firewall does not hold. The TCP listener takes
+  and dnsmasq do; a cut RRset loses its RRSIGs and AD is cleared): a client that does
+  not retry over TCP still gets the addresses learned first, and never one the
+  firewall does not hold. The TCP listener takes
   length-prefixed messages, several per connection, closes connections idle for
   ``tcp_idle`` seconds and holds at most ``max_tcp`` at once.
 * reads its UDP sockets with ``recvmsg`` and ``SO_RXQ_OVFL``: queries the kernel dropped
@@ -335,8 +336,9 @@ def _relay(query: dns.message.Message, response: dns.message.Message) -> dns.mes
 def _truncate(reply: dns.message.Message, limit: int) -> bytes:
     """``reply`` in at most ``limit`` bytes, for a reply that does not fit whole.
 
-    Without its additional section if that is enough (OPT stays); else with ``TC=1``, the
-    first whole answer records that fit, in answer order, and no other records. Changes
+    Without its additional section if that is enough (OPT stays); else with ``TC=1``, AD
+    cleared, the first whole answer records that fit, in answer order, and no other
+    records; an RRSIG whose RRset is not all there is left out with it. Changes
     ``reply``.
     """
     reply.additional = []
@@ -345,16 +347,19 @@ def _truncate(reply: dns.message.Message, limit: int) -> bytes:
     rrsets = list(reply.answer)
     reply.authority = []
     reply.flags |= dns.flags.TC
+    reply.flags &= ~dns.flags.AD
 
     def first(count: int) -> list[dns.rrset.RRset]:
         kept: list[dns.rrset.RRset] = []
+        cut: set[tuple[dns.name.Name, int]] = set()
         for rrset in rrsets:
-            if count <= 0:
-                break
-            rdatas = list(rrset)[:count]
+            rdatas = list(rrset)[: max(0, count)]
             count -= len(rdatas)
-            kept.append(dns.rrset.from_rdata_list(rrset.name, rrset.ttl, rdatas))
-        return kept
+            if len(rdatas) < len(rrset):
+                cut.add((rrset.name, rrset.rdtype))
+            if rdatas:
+                kept.append(dns.rrset.from_rdata_list(rrset.name, rrset.ttl, rdatas))
+        return [r for r in kept if r.rdtype != dns.rdatatype.RRSIG or (r.name, r.covers) not in cut]
 
     fits, too_many = 0, sum(len(r) for r in rrsets)  # no answer records always fit
     while too_many - fits > 1:

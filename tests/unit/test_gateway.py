@@ -52,6 +52,7 @@ class Upstream:
     silent: bool = False
     port: int = 0
     recursion_available: bool = True
+    authentic: bool = False
 
     def names(self) -> list[tuple[str, str]]:
         """(name, type) of every query received."""
@@ -83,6 +84,8 @@ def _upstream_reply(up: Upstream, wire: bytes, transport: str) -> bytes:
     response = dns.message.make_response(query, our_payload=1232)
     if up.recursion_available:
         response.flags |= dns.flags.RA
+    if up.authentic:
+        response.flags |= dns.flags.AD
     if query.ednsflags & dns.flags.DO:
         response.want_dnssec(True)
     response.set_rcode(canned.rcode)
@@ -601,6 +604,31 @@ async def test_truncated_udp_answer_keeps_the_first_whole_records_that_fit() -> 
         assert not got.authority and not got.additional
     assert len(wire) <= 512
     assert small.edns == 0  # the OPT record stays
+
+
+async def test_truncated_signed_answer_keeps_no_signature_of_a_cut_rrset() -> None:
+    """A cut RRset loses its RRSIG and AD is cleared; whole RRsets keep their signatures."""
+    sig = "{} 8 3 60 20300101000000 20200101000000 1 example.net. AAAA"
+    chain = [
+        ("www.example.net", 60, "CNAME", "edge.example.net."),
+        ("www.example.net", 60, "RRSIG", sig.format("CNAME")),
+    ]
+    many = [("edge.example.net", 60, "A", f"198.51.100.{i}") for i in range(1, 31)]
+    async with upstream_server() as up:
+        up.authentic = True
+        up.answers[("www.example.net", "A")] = Canned(
+            answer=[*chain, *many, ("edge.example.net", 60, "RRSIG", sig.format("A"))]
+        )
+        async with running(make_policy("www.example.net"), up) as gw:
+            whole = await ask(gw, "www.example.net", edns=0, payload=4096, dnssec=True)
+            cut = await ask(gw, "www.example.net", edns=0, payload=512, dnssec=True)
+    covered = {r.covers for r in whole.answer if r.rdtype == dns.rdatatype.RRSIG}
+    assert covered == {dns.rdatatype.CNAME, dns.rdatatype.A}
+    assert whole.flags & dns.flags.AD and not whole.flags & dns.flags.TC
+    assert cut.flags & dns.flags.TC and not cut.flags & dns.flags.AD
+    assert 0 < len(addresses(cut)) < 30
+    covered = {r.covers for r in cut.answer if r.rdtype == dns.rdatatype.RRSIG}
+    assert covered == {dns.rdatatype.CNAME}
 
 
 async def _udp_exchange(port: int, wire: bytes) -> bytes:
