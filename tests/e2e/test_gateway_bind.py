@@ -112,3 +112,28 @@ def test_dnssec_answer_loses_the_rrsig_of_a_filtered_rrset(bed: Bed) -> None:
     out = delv.stdout + delv.stderr
     assert "fully validated" not in out
     assert "RRSIG failed to verify" not in out and "FORMERR" not in out, out
+
+
+def _flags(dig_output: str) -> set[str]:
+    """The header flags dig printed (``;; flags: qr aa rd; QUERY: ...``)."""
+    for line in dig_output.splitlines():
+        if line.startswith(";; flags:"):
+            return set(line.split(";")[2].split(":")[1].split())
+    raise AssertionError(f"no flags line in {dig_output!r}")
+
+
+def test_refused_and_ra_of_a_non_recursive_server_reach_the_client(bed: Bed) -> None:
+    """BIND without recursion refuses a name outside its zone: dig gets REFUSED, and never RA."""
+    SignedZone(bed, "example.com", RECORDS).start()
+    cfg = daemon_section(resolvers=[BIND_V4], min_ttl=1, grace=5) + policy_section(
+        "web", uids=[C.UID], outbound=["www.example.com:80/tcp", "api.example.org:80/tcp"]
+    )
+    Fenced(bed, cfg).start()
+    base = ["dig", "+time=5", "+tries=1", f"@{NOWHERE}"]
+    refused = _as_uid(bed, [*base, "api.example.org", "A"])
+    assert "status: REFUSED" in refused.stdout, refused.stdout
+    assert "ra" not in _flags(refused.stdout)
+    answered = _as_uid(bed, [*base, "www.example.com", "A"])
+    assert "status: NOERROR" in answered.stdout, answered.stdout
+    assert {"qr", "aa", "rd"} <= _flags(answered.stdout)
+    assert "ra" not in _flags(answered.stdout)  # named said so; the gateway does not add it
