@@ -85,7 +85,8 @@ class Answer:
       (a *partial* answer: the failed family's addresses are unknown, not gone).
 
     ``cnames`` lists the chain's targets in order, ``detail`` says what went wrong in
-    words (empty when nothing did).
+    words (empty when nothing did): each distinct problem once, with the query types and
+    how many tries gave it (``192.0.2.53: timed out (A x2, AAAA x2)``).
     """
 
     status: Status
@@ -135,13 +136,18 @@ class Resolver(Protocol):
 
 @dataclass(frozen=True)
 class _Part:
-    """The outcome of one query type."""
+    """The outcome of one query type.
+
+    ``tries``: for a failure after every server was tried, each try's problem (server
+    and what went wrong) with the query type, in order.
+    """
 
     status: Status
     ips: tuple[IPAddress, ...] = ()
     ttl: int | None = None
     cnames: tuple[str, ...] = ()
     detail: str = ""
+    tries: tuple[tuple[str, str], ...] = ()
 
 
 def _chase(
@@ -174,6 +180,25 @@ def _chase(
     return _Part("nodata", cnames=tuple(cnames))
 
 
+def _summarize(tries: Iterable[tuple[str, str]]) -> str:
+    """Each distinct problem once, with the labels (query types) and tries that gave it.
+
+    ``[("s: timed out", "A"), ("s: timed out", "A"), ("s: timed out", "AAAA")]`` gives
+    ``"s: timed out (A x2, AAAA)"``; problems are listed in the order first seen.
+    """
+    seen: dict[str, collections.Counter[str]] = {}
+    for problem, label in tries:
+        seen.setdefault(problem, collections.Counter())[label] += 1
+    out: list[str] = []
+    for problem, labels in seen.items():
+        shown = [f"{lab} x{n}" if n > 1 else lab for lab, n in labels.items() if lab]
+        unlabeled = labels.get("", 0)
+        if unlabeled > 1:
+            shown.append(f"x{unlabeled}")
+        out.append(f"{problem} ({', '.join(shown)})" if shown else problem)
+    return "; ".join(out)
+
+
 def _combine(name: str, parts: Sequence[_Part]) -> Answer:
     """One answer from the A and AAAA outcomes (see ``Answer``)."""
     for p in parts:
@@ -186,7 +211,7 @@ def _combine(name: str, parts: Sequence[_Part]) -> Answer:
     cnames = next((p.cnames for p in parts if p.cnames), ())
     failed = [p for p in parts if p.status in FAILURES]
     if failed:
-        detail = "; ".join(p.detail for p in failed if p.detail)
+        detail = _summarize(t for p in failed for t in (p.tries or ((p.detail, ""),)) if t[0])
         return Answer(failed[0].status, ips, ttl, cnames, detail)
     if ips:
         return Answer("ok", ips, ttl, cnames)
@@ -659,16 +684,16 @@ class DnsResolver:
         self, qname: dns.name.Name, qwire: bytes, rdtype: dns.rdatatype.RdataType
     ) -> _Part:
         last = _Part("error", detail="no server tried")
-        problems: list[str] = []
+        tries: list[tuple[str, str]] = []
         kind = dns.rdatatype.to_text(rdtype)
         for _ in range(self.attempts):
             for server in self.servers:
                 part = await self._ask(server, qname, qwire, rdtype)
                 if part.status not in FAILURES:
                     return part
-                problems.append(f"{server} {kind}: {part.detail}")
+                tries.append((f"{server}: {part.detail}", kind))
                 last = part
-        return _Part(last.status, detail="; ".join(problems))
+        return _Part(last.status, detail=_summarize(tries), tries=tuple(tries))
 
     async def _ask(
         self,

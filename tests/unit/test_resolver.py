@@ -27,6 +27,7 @@ from fenced.resolver import (
     Answer,
     DnsResolver,
     FakeResolver,
+    _combine,
     _fast_parse,
     _judge,
     _Part,
@@ -570,6 +571,28 @@ async def test_fast_and_dnspython_paths_agree() -> None:
     assert fast.paths["fast"] == 2 * len(names) and "dnspython" not in fast.paths
 
 
+async def test_failure_detail_names_each_problem_once() -> None:
+    """A server timing out on every try is named once, with types and tries, not 4 times."""
+    async with dns_server(Zone(drop={"slow.test"})) as port:
+        r = DnsResolver(["127.0.0.1"], port=port, timeout=0.05, attempts=2)
+        ans = await r.resolve("slow.test")
+        await r.close()
+    assert ans.status == "timeout"
+    assert ans.detail == "127.0.0.1: timed out (A x2, AAAA x2)"
+
+
+def test_failure_detail_keeps_distinct_problems() -> None:
+    """Different problems (servers, outcomes) each keep their own entry, in order."""
+    a = _Part(
+        "servfail",
+        detail="x",
+        tries=(("192.0.2.1: SERVFAIL", "A"), ("192.0.2.2: timed out", "A")),
+    )
+    aaaa = _Part("servfail", detail="y", tries=(("192.0.2.1: SERVFAIL", "AAAA"),))
+    ans = _combine("x.test", [a, aaaa])
+    assert ans.detail == "192.0.2.1: SERVFAIL (A, AAAA); 192.0.2.2: timed out (A)"
+
+
 async def test_mismatched_id_and_question_are_ignored() -> None:
     """Answers with another ID or another question are dropped; the real one counts."""
 
@@ -621,7 +644,7 @@ async def test_servfail_on_fast_path_is_servfail() -> None:
         r = _resolver(port)
         ans = await r.resolve("bad.test")
         await r.close()
-    slow = Answer("servfail", detail="127.0.0.1 A: SERVFAIL; 127.0.0.1 AAAA: SERVFAIL")
+    slow = Answer("servfail", detail="127.0.0.1: SERVFAIL (A, AAAA)")
     assert ans == slow
     assert r.paths == {"fast": 2}
 
