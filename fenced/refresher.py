@@ -13,10 +13,13 @@ Scheduling after an answer (``jitter`` is a random fraction, up to ``min(1 s, 10
 the interval, from the given ``random.Random``):
 
 * ``ok``: again at ``now + effective ttl + jitter`` (never before the TTL ends);
-* ``nxdomain``/``nodata``: IPs run out on their deadlines; again after ``min_ttl``,
-  doubling up to ``negative_cap`` (60 s), so a name that appears is soon picked up;
+* ``nxdomain``/``nodata``: IPs run out on their deadlines; again when the negative
+  answer runs out (``Answer.negative_ttl``, RFC 2308: min of the SOA's TTL and MINIMUM)
+  raised to ``min_ttl`` and lowered to ``max_ttl``, plus jitter; ``min_ttl`` when the
+  answer had no SOA. No backoff: a name that appears is picked up as soon as the
+  resolver may say so;
 * ``servfail``/``timeout``/``error``: IPs stay until ``deadline + stale``; again after
-  ``retry_initial``, doubling up to ``retry_cap``.
+  ``retry_initial``, doubling up to ``retry_cap`` (only failures back off).
 
 A failed firewall write is logged and counted; its changes stay dirty in the planner and
 are written again after a backoff (``write_retry_initial`` doubling to
@@ -272,7 +275,6 @@ class _Name:
     due: float | None = None
     in_flight: bool = False
     fail_backoff: float = 0.0
-    neg_backoff: float = 0.0
     last_status: str | None = None
     last_detail: str = ""
     last_time: float | None = None
@@ -339,7 +341,6 @@ class Refresher:
         coalesce: float = 0.05,
         retry_initial: float = 1.0,
         retry_cap: float = 60.0,
-        negative_cap: float = 60.0,
         write_retry_initial: float = 1.0,
         write_retry_cap: float = 60.0,
     ) -> None:
@@ -354,7 +355,6 @@ class Refresher:
         self.coalesce = coalesce
         self.retry_initial = retry_initial
         self.retry_cap = retry_cap
-        self.negative_cap = negative_cap
         self.write_retry_initial = write_retry_initial
         self.write_retry_cap = write_retry_cap
 
@@ -635,17 +635,15 @@ class Refresher:
         if answer.status == "ok":
             ttl = cache.effective_ttl(answer.ttl if answer.ttl is not None else 0)
             change = cache.update(now, name, answer.ips, ttl)
-            state.fail_backoff = state.neg_backoff = 0.0
+            state.fail_backoff = 0.0
             interval = ttl
             event, level = "dns_resolved", "debug" if previous == "ok" else "info"
         elif answer.status in ("nxdomain", "nodata"):
             change = cache.update(now, name, (), cache.min_ttl)
             state.fail_backoff = 0.0
-            floor = max(cache.min_ttl, 1.0)
-            state.neg_backoff = min(
-                max(self.negative_cap, floor), max(floor, state.neg_backoff * 2)
-            )
-            interval = state.neg_backoff
+            # RFC 2308: the negative answer holds for its negative TTL; no SOA, min_ttl.
+            negative = answer.negative_ttl
+            interval = cache.effective_ttl(negative if negative is not None else 0)
             event, level = "dns_negative", "debug" if previous == answer.status else "warning"
         else:
             if answer.ips:
@@ -670,6 +668,7 @@ class Refresher:
             status=answer.status,
             ips=[str(ip) for ip in answer.ips] or None,
             ttl=answer.ttl,
+            negative_ttl=answer.negative_ttl,
             cnames=list(answer.cnames) or None,
             detail=answer.detail or None,
             next_in=round(interval + jitter, 3),

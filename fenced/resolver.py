@@ -2,7 +2,8 @@
 
 :class:`DnsResolver` asks the configured servers for A and AAAA at once (dnspython, UDP
 with EDNS, TCP when the answer is truncated), follows CNAME chains inside each answer and
-reports the chain's smallest TTL. It never raises for a DNS outcome: every lookup ends in
+reports the chain's smallest TTL, or for NXDOMAIN/NODATA the negative TTL (RFC 2308: the
+SOA of the authority section). It never raises for a DNS outcome: every lookup ends in
 an :class:`Answer` whose ``status`` says what happened. :class:`FakeResolver` plays
 scripted answers for tests.
 
@@ -87,6 +88,12 @@ class Answer:
     ``cnames`` lists the chain's targets in order, ``detail`` says what went wrong in
     words (empty when nothing did): each distinct problem once, with the query types and
     how many tries gave it (``192.0.2.53: timed out (A x2, AAAA x2)``).
+
+    ``negative_ttl`` (``nxdomain`` and ``nodata`` only) is how long the negative answer
+    may be cached (RFC 2308): the smallest of the authority section's SOA TTL, that SOA's
+    MINIMUM field and the TTLs of the answer section's CNAME records, over the queries
+    that gave the negative answer; ``None`` when one of them carried no SOA (the answer
+    says nothing about how long it holds).
     """
 
     status: Status
@@ -94,6 +101,7 @@ class Answer:
     ttl: int | None = None
     cnames: tuple[str, ...] = ()
     detail: str = ""
+    negative_ttl: int | None = None
 
     @property
     def failed(self) -> bool:
@@ -115,10 +123,16 @@ class Answer:
         detail: str = "",
         ips: Iterable[str | IPAddress] = (),
         ttl: int | None = None,
+        *,
+        negative_ttl: int | None = None,
     ) -> Answer:
-        """A negative or failed answer; ``ips``/``ttl`` only for partial failures."""
+        """A negative or failed answer.
+
+        ``ips``/``ttl`` only for partial failures, ``negative_ttl`` only for ``nxdomain``
+        and ``nodata``.
+        """
         addrs = tuple(dict.fromkeys(ipaddress.ip_address(ip) for ip in ips))
-        return cls(status, addrs, ttl, (), detail)
+        return cls(status, addrs, ttl, (), detail, negative_ttl)
 
 
 class Resolver(Protocol):
@@ -138,6 +152,7 @@ class Resolver(Protocol):
 class _Part:
     """The outcome of one query type.
 
+    ``negative_ttl``: see ``Answer`` (``nxdomain``/``nodata`` with an SOA only);
     ``tries``: for a failure after every server was tried, each try's problem (server
     and what went wrong) with the query type, in order.
     """
@@ -147,7 +162,26 @@ class _Part:
     ttl: int | None = None
     cnames: tuple[str, ...] = ()
     detail: str = ""
+    negative_ttl: int | None = None
     tries: tuple[tuple[str, str], ...] = ()
+
+
+def _negative_ttl(response: dns.message.Message) -> int | None:
+    """RFC 2308's negative TTL of ``response`` (``None`` without an SOA).
+
+    The smallest of the authority section's SOA TTL and MINIMUM field, lowered to the TTL
+    of every CNAME in the answer section.
+    """
+    soa: float = math.inf
+    for rrset in response.authority:
+        if rrset.rdtype == dns.rdatatype.SOA and rrset.rdclass == dns.rdataclass.IN:
+            soa = min(soa, rrset.ttl, *(rd.minimum for rd in rrset))
+    if soa == math.inf:
+        return None
+    for rrset in response.answer:
+        if rrset.rdtype == dns.rdatatype.CNAME and rrset.rdclass == dns.rdataclass.IN:
+            soa = min(soa, rrset.ttl)
+    return int(soa)
 
 
 def _chase(
@@ -177,7 +211,13 @@ def _chase(
         cnames.append(name.to_text(omit_final_dot=True))
     else:
         return _Part("error", cnames=tuple(cnames), detail="CNAME chain too long")
-    return _Part("nodata", cnames=tuple(cnames))
+    return _Part("nodata", cnames=tuple(cnames), negative_ttl=_negative_ttl(response))
+
+
+def _least(values: Iterable[int | None]) -> int | None:
+    """The smallest of ``values``; ``None`` if any is ``None`` (no SOA: re-ask soonest)."""
+    known = list(values)
+    return None if not known or None in known else min(v for v in known if v is not None)
 
 
 def _summarize(tries: Iterable[tuple[str, str]]) -> str:
@@ -201,9 +241,10 @@ def _summarize(tries: Iterable[tuple[str, str]]) -> str:
 
 def _combine(name: str, parts: Sequence[_Part]) -> Answer:
     """One answer from the A and AAAA outcomes (see ``Answer``)."""
-    for p in parts:
-        if p.status == "nxdomain":
-            return Answer("nxdomain", detail=p.detail or f"{name} does not exist")
+    nx = [p for p in parts if p.status == "nxdomain"]
+    if nx:
+        detail = next((p.detail for p in nx if p.detail), f"{name} does not exist")
+        return Answer("nxdomain", detail=detail, negative_ttl=_least(p.negative_ttl for p in nx))
     good = [p for p in parts if p.status == "ok"]
     ips = tuple(dict.fromkeys(ip for p in good for ip in p.ips))
     ttls = [p.ttl for p in good if p.ttl is not None]
@@ -215,7 +256,8 @@ def _combine(name: str, parts: Sequence[_Part]) -> Answer:
         return Answer(failed[0].status, ips, ttl, cnames, detail)
     if ips:
         return Answer("ok", ips, ttl, cnames)
-    return Answer("nodata", (), None, cnames, f"{name} has no A or AAAA records")
+    negative = _least(p.negative_ttl for p in parts)
+    return Answer("nodata", (), None, cnames, f"{name} has no A or AAAA records", negative)
 
 
 # ------------------------------------------------------------------------------ fast path
@@ -308,8 +350,9 @@ def _fast_parse(wire: bytes, question: bytes, rdtype: int) -> _Part | None:
 
     Handles only a well-formed NOERROR/NXDOMAIN response (not truncated) whose answer
     section holds only A, AAAA and CNAME records of class IN, whose authority section
-    holds only SOA and NS, and whose additional section holds only A, AAAA and one plain
-    OPT record; ``None`` for everything else (the caller falls back to dnspython).
+    holds only NS records and at most one SOA, and whose additional section holds only
+    A, AAAA and one plain OPT record; ``None`` for everything else (the caller falls back
+    to dnspython).
     """
     n = len(wire)
     if n < 12:
@@ -332,6 +375,7 @@ def _fast_parse(wire: bytes, question: bytes, rdtype: int) -> _Part | None:
     # owner (lower case) -> records, in order: (type, ttl, rdata or target labels)
     addrs: dict[bytes, list[tuple[int, int, bytes]]] = {}
     cnames: dict[bytes, tuple[int, tuple[bytes, ...]]] = {}
+    soa: float = math.inf  # min(TTL, MINIMUM) of the authority section's SOA record
     opt = 0
     for section, count in ((1, an), (2, ns), (3, ar)):
         for _ in range(count):
@@ -380,15 +424,18 @@ def _fast_parse(wire: bytes, question: bytes, rdtype: int) -> _Part | None:
                 if mname is None:
                     return None
                 rname = _read_name(wire, mname[1])
-                if rname is None or rname[1] + 20 != rend:
-                    return None
+                if rname is None or rname[1] + 20 != rend or soa != math.inf:
+                    return None  # several SOAs: dnspython keeps one per owner, it decides
+                (minimum,) = struct.unpack_from("!I", wire, rend - 4)
+                soa = min(ttl, minimum)
             else:
                 return None
             pos = rend
     if pos != n:  # trailing junk: dnspython refuses it
         return None
+    negative = None if soa == math.inf else int(min([soa, *(t for t, _ in cnames.values())]))
     if rcode == 3:
-        return _Part("nxdomain")
+        return _Part("nxdomain", negative_ttl=negative)
     # _chase, on the parsed records
     qlabels = _read_name(question, 0)
     if qlabels is None:
@@ -427,7 +474,7 @@ def _fast_parse(wire: bytes, question: bytes, rdtype: int) -> _Part | None:
         chain.append(text)
     else:
         return _Part("error", cnames=tuple(chain), detail="CNAME chain too long")
-    return _Part("nodata", cnames=tuple(chain))
+    return _Part("nodata", cnames=tuple(chain), negative_ttl=negative)
 
 
 class _UdpSocket(asyncio.DatagramProtocol):
@@ -587,7 +634,7 @@ def _judge(
     """The outcome of one server's (dnspython-parsed) response."""
     rcode = response.rcode()
     if rcode == dns.rcode.NXDOMAIN:
-        return _Part("nxdomain")
+        return _Part("nxdomain", negative_ttl=_negative_ttl(response))
     if rcode == dns.rcode.SERVFAIL:
         return _Part("servfail", detail="SERVFAIL")
     if rcode != dns.rcode.NOERROR:

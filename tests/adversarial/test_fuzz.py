@@ -19,6 +19,7 @@ import dns.exception
 import dns.flags
 import dns.message
 import dns.name
+import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import pytest
@@ -36,7 +37,7 @@ from fenced.config import (
 )
 from fenced.errors import ConfigError
 from fenced.netlink import NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFT_MSG_NEWGEN, CommitParser
-from fenced.resolver import FAILURES, Status, _chase, _combine, _Part
+from fenced.resolver import FAILURES, Status, _chase, _combine, _fast_parse, _judge, _Part
 
 pytestmark = pytest.mark.bed
 
@@ -334,15 +335,27 @@ NAMES = ["q.example.", "a.example.", "b.example.", "c.example.", "other.example.
 QNAME = dns.name.from_text(NAMES[0])
 
 
+TTLS = [0, 1, 300, 2**31 - 1, 2**31, 2**32 - 1]
+
+
 @st.composite
 def answers(draw: st.DrawFn) -> dns.message.Message:
-    """A response to A? q.example. whose answer section is a random set of records."""
+    """A response to A? q.example. whose answer section is a random set of records.
+
+    NOERROR or NXDOMAIN, with or without an SOA (random TTL and MINIMUM) in the authority
+    section, as negative answers carry.
+    """
     query = dns.message.make_query(QNAME, "A")
     r = dns.message.make_response(query)
+    r.set_rcode(draw(st.sampled_from([dns.rcode.NOERROR, dns.rcode.NXDOMAIN])))
+    for _ in range(draw(st.integers(0, 2))):
+        ttl, minimum = draw(st.sampled_from(TTLS)), draw(st.sampled_from(TTLS))
+        soa = f"ns.example. admin.example. 1 7200 900 1209600 {minimum}"
+        r.authority.append(dns.rrset.from_text("example.", ttl, "IN", "SOA", soa))
     for _ in range(draw(st.integers(0, 8))):
         owner = draw(st.sampled_from(NAMES))
         rtype = draw(st.sampled_from(["A", "AAAA", "CNAME", "TXT"]))
-        ttl = draw(st.sampled_from([0, 1, 300, 2**31 - 1, 2**32 - 1]))
+        ttl = draw(st.sampled_from(TTLS))
         if rtype == "A":
             value = str(ipaddress.IPv4Address(draw(st.integers(0, 2**32 - 1))))
         elif rtype == "AAAA":
@@ -368,6 +381,38 @@ def _chase_both(msg: dns.message.Message) -> None:
     answer = _combine("q.example", parts)
     assert answer.status in ("ok", "nodata", "error"), answer
     assert (answer.status == "ok") == bool(answer.ips) or answer.failed
+
+
+def _fast_agrees(wire: bytes) -> None:
+    """If the hand parser takes ``wire``, it reads what dnspython + ``_judge`` read."""
+    qwire = QNAME.to_wire()
+    assert qwire is not None
+    question = qwire + struct.pack("!HH", dns.rdatatype.A, 1)
+    part = _fast_parse(wire, question, dns.rdatatype.A)
+    if part is not None:
+        assert part == _judge(dns.message.from_wire(wire), QNAME, dns.rdatatype.A)
+        if part.status in ("nxdomain", "nodata"):
+            assert part.negative_ttl is None or 0 <= part.negative_ttl <= 2**32 - 1
+
+
+@fast(1000)
+@given(answers())
+def test_fuzz_fast_parse_agrees_with_dnspython(msg: dns.message.Message) -> None:
+    """Random answers (negative ones with SOAs too): the fast path reads what dnspython reads."""
+    _fast_agrees(msg.to_wire())
+
+
+@fast(1000)
+@given(answers(), st.lists(st.tuples(st.integers(0, 4096), st.integers(0, 255)), max_size=6))
+def test_fuzz_fast_parse_agrees_on_wire_bytes(
+    msg: dns.message.Message, flips: list[tuple[int, int]]
+) -> None:
+    """Corrupted answers: the fast path declines them or reads what dnspython reads."""
+    wire = bytearray(msg.to_wire())
+    for pos, byte in flips:
+        if wire:
+            wire[pos % len(wire)] = byte
+    _fast_agrees(bytes(wire))
 
 
 @fast(1000)

@@ -171,10 +171,21 @@ def test_shared_ip_stays_while_another_name_holds_it(bed: Bed) -> None:
     assert tcp(bed, IP_A) == "connected"
 
 
-def test_name_missing_at_start_is_picked_up_when_it_appears(bed: Bed) -> None:
-    """A name that is NXDOMAIN when fenced starts becomes reachable soon after it appears."""
-    _fenced(bed, ["late.example.com:80/tcp"])
-    time.sleep(1.5)
+def test_name_missing_at_start_is_picked_up_within_its_negative_ttl(bed: Bed) -> None:
+    """A name NXDOMAIN at start (SOA minimum 2 s) is reachable within 2 s + 1 s of creation."""
+    bed.dns.negative_ttl(2)
+    cfg = daemon_section(**FAST) + policy_section(
+        "web", uids=[C.UID], outbound=["late.example.com:80/tcp"], dns="direct"
+    )
+    fenced = Fenced(bed, cfg).start()
+    bed.dns.wait_for_query("late.example.com", "A", timeout=5.0)
+    # Several NXDOMAIN answers in: a backoff (min_ttl 1 s doubling: asks at 0, 1, 3, 7, 15 s)
+    # would not ask again for 7 s after this point.
+    time.sleep(7.3)
     assert tcp(bed, IP_A) == "refused"
+    asked = [q for q in bed.dns.queries() if q.name == "late.example.com" and q.rtype == "A"]
+    assert len(asked) >= 4, asked  # every 2 s (+ jitter), not backing off
     bed.dns.set("late.example.com", "A", [IP_A], ttl=30)
-    eventually(lambda: tcp(bed, IP_A) == "connected", 6.0, "late name reachable")
+    took = eventually(lambda: tcp(bed, IP_A) == "connected", 3.0, "late name reachable")
+    assert took <= 3.0, fenced.log()
+    assert fenced.count("negative_ttl=2") >= 1

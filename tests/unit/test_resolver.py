@@ -46,6 +46,8 @@ class Zone:
     type_rcodes: dict[tuple[str, str], dns.rcode.Rcode] = field(default_factory=dict)
     drop: set[str] = field(default_factory=set)
     truncate: set[str] = field(default_factory=set)
+    #: SOA (TTL, MINIMUM) put in the authority section of negative answers (None: no SOA).
+    soa: tuple[int, int] | None = None
     seen: collections.Counter[tuple[str, str, str]] = field(default_factory=collections.Counter)
 
 
@@ -67,6 +69,12 @@ def _answer(zone: Zone, wire: bytes, transport: str) -> bytes | None:
         for owner, rtype, ttl, rdata in zone.records:
             if rtype in ("CNAME", qtype):
                 response.answer.append(dns.rrset.from_text(owner + ".", ttl, "IN", rtype, rdata))
+        negative = rcode == dns.rcode.NXDOMAIN or not any(
+            r.rdtype == q.rdtype and r.name == q.name for r in response.answer
+        )
+        if zone.soa is not None and negative:
+            soa = f"ns.test. admin.test. 1 7200 900 1209600 {zone.soa[1]}"
+            response.authority.append(dns.rrset.from_text("test.", zone.soa[0], "IN", "SOA", soa))
     return response.to_wire(max_size=65535)
 
 
@@ -344,6 +352,8 @@ def _dnspython_part(wire: bytes, qname: str, qtype: str) -> _Part:
 
 
 SOA = ("test.", "SOA", 300, "ns.test. admin.test. 1 7200 900 1209600 60")
+SOA_LOW_MIN = ("test.", "SOA", 30, "ns.test. admin.test. 1 7200 900 1209600 4294967295")
+SOA_HUGE_TTL = ("test.", "SOA", 2**31, "ns.test. admin.test. 1 7200 900 1209600 7")
 CHAIN = [
     ("www.test.", "CNAME", 600, "Edge.test."),
     ("edge.TEST.", "CNAME", 30, "host.cdn.test."),
@@ -361,6 +371,22 @@ FAST_CASES: list[tuple[str, str, dict[str, object]]] = [
     ("www.test", "AAAA", {"answer": CHAIN}),
     ("WWW.Test", "A", {"answer": CHAIN}),
     ("gone.test", "A", {"rcode": dns.rcode.NXDOMAIN, "authority": [SOA]}),
+    ("gone.test", "AAAA", {"rcode": dns.rcode.NXDOMAIN, "authority": [SOA_LOW_MIN]}),
+    ("gone.test", "A", {"rcode": dns.rcode.NXDOMAIN, "authority": [SOA_HUGE_TTL]}),
+    (
+        "www.test",
+        "A",
+        {
+            "rcode": dns.rcode.NXDOMAIN,
+            "answer": [("www.test.", "CNAME", 9, "gone.test.")],
+            "authority": [SOA],
+        },
+    ),
+    (
+        "alias.test",
+        "AAAA",
+        {"answer": [("alias.test.", "CNAME", 600, "target.test.")], "authority": [SOA]},
+    ),
     ("gone.test", "AAAA", {"rcode": dns.rcode.NXDOMAIN}),
     ("mx.test", "A", {"authority": [SOA]}),
     ("mx.test", "AAAA", {"edns": False}),
@@ -399,6 +425,26 @@ def test_fast_parse_matches_dnspython(qname: str, qtype: str, kw: dict[str, obje
     fast = _fast_parse(wire, question, dns.rdatatype.from_text(qtype))
     assert fast is not None
     assert fast == _dnspython_part(wire, qname, qtype)
+
+
+@pytest.mark.parametrize(
+    ("kw", "negative"),
+    [
+        ({"rcode": dns.rcode.NXDOMAIN, "authority": [SOA]}, 60),  # MINIMUM < TTL
+        ({"rcode": dns.rcode.NXDOMAIN, "authority": [SOA_LOW_MIN]}, 30),  # TTL < MINIMUM
+        ({"rcode": dns.rcode.NXDOMAIN, "authority": [SOA_HUGE_TTL]}, 0),  # TTL >= 2^31 is 0
+        ({"rcode": dns.rcode.NXDOMAIN}, None),  # no SOA
+        ({"authority": [SOA]}, 60),  # NODATA
+        ({"answer": [("gone.test.", "CNAME", 9, "x.test.")], "authority": [SOA]}, 9),
+    ],
+)
+def test_negative_ttl_on_both_paths(kw: dict[str, object], negative: int | None) -> None:
+    """Both parsers read RFC 2308's negative TTL: min(SOA TTL, MINIMUM, CNAME TTLs)."""
+    wire, question = _response("gone.test", "A", **kw)  # type: ignore[arg-type]
+    fast = _fast_parse(wire, question, 1)
+    slow = _dnspython_part(wire, "gone.test", "A")
+    assert fast is not None and fast.status in ("nxdomain", "nodata")
+    assert fast.negative_ttl == slow.negative_ttl == negative
 
 
 def test_fast_parse_sees_compression() -> None:
@@ -441,6 +487,14 @@ def test_fast_parse_declines_other_types() -> None:
     )
     assert _fast_parse(wire, question, 1) is None
     assert _dnspython_part(wire, "www.test", "A").ips == (ipaddress.ip_address("192.0.2.1"),)
+
+
+def test_fast_parse_declines_two_soas() -> None:
+    """Two SOAs in the authority section go to dnspython (it keeps one per owner)."""
+    two = [SOA, ("other.", "SOA", 20, "ns.test. admin.test. 2 7200 900 1209600 3")]
+    wire, question = _response("gone.test", "A", rcode=dns.rcode.NXDOMAIN, authority=two)
+    assert _fast_parse(wire, question, 1) is None
+    assert _dnspython_part(wire, "gone.test", "A") == _Part("nxdomain", negative_ttl=3)
 
 
 def test_pointer_loop_declines() -> None:
@@ -569,6 +623,52 @@ async def test_fast_and_dnspython_paths_agree() -> None:
             assert await fast.resolve(name) == await slow.resolve(name), name
         await fast.close()
     assert fast.paths["fast"] == 2 * len(names) and "dnspython" not in fast.paths
+
+
+async def test_negative_ttl_is_reported_by_both_paths() -> None:
+    """NXDOMAIN and NODATA answers carry the SOA's negative TTL, equal on both paths."""
+    zone = Zone(
+        [
+            ("v4.test", "A", 60, "192.0.2.1"),
+            ("alias.test", "CNAME", 600, "nowhere.test."),
+        ],
+        rcodes={"gone.test": dns.rcode.NXDOMAIN},
+        soa=(5, 7),
+    )
+    async with dns_server(zone) as port:
+        fast = _resolver(port)
+        slow = DnsResolver(["127.0.0.1"], port=port, timeout=1.0, attempts=1, fast=False)
+        got = {}
+        for name in ("gone.test", "empty.test", "alias.test", "v4.test"):
+            got[name] = await fast.resolve(name)
+            assert got[name] == await slow.resolve(name), name
+        await fast.close()
+    assert (got["gone.test"].status, got["gone.test"].negative_ttl) == ("nxdomain", 5)
+    assert (got["empty.test"].status, got["empty.test"].negative_ttl) == ("nodata", 5)
+    assert (got["alias.test"].status, got["alias.test"].cnames) == ("nodata", ("nowhere.test",))
+    assert got["alias.test"].negative_ttl == 5
+    assert (got["v4.test"].status, got["v4.test"].negative_ttl) == ("ok", None)
+    assert fast.paths["fast"] == 8
+
+
+async def test_negative_answer_without_soa_has_no_negative_ttl() -> None:
+    """An NXDOMAIN without an SOA says nothing about how long it holds: negative_ttl None."""
+    async with dns_server(Zone(rcodes={"gone.test": dns.rcode.NXDOMAIN})) as port:
+        r = _resolver(port)
+        ans = await r.resolve("gone.test")
+        await r.close()
+    assert (ans.status, ans.negative_ttl) == ("nxdomain", None)
+
+
+def test_combined_negative_ttl() -> None:
+    """NXDOMAIN takes its own part's negative TTL; NODATA the smaller; no SOA wins as None."""
+    assert _combine(
+        "x.test", [_Part("nodata", negative_ttl=9), _Part("nxdomain", negative_ttl=40)]
+    ) == (Answer("nxdomain", detail="x.test does not exist", negative_ttl=40))
+    both = _combine("x.test", [_Part("nodata", negative_ttl=9), _Part("nodata", negative_ttl=40)])
+    assert (both.status, both.negative_ttl) == ("nodata", 9)
+    one = _combine("x.test", [_Part("nodata", negative_ttl=9), _Part("nodata")])
+    assert (one.status, one.negative_ttl) == ("nodata", None)
 
 
 async def test_failure_detail_names_each_problem_once() -> None:
