@@ -68,7 +68,7 @@ from fenced.config import load
 from fenced.firewall import KernelFirewall
 from fenced.log import Logger
 from fenced.netlink import SetOp
-from fenced.refresher import MonotonicClock, Refresher, Stats, targets_for
+from fenced.refresher import MonotonicClock, Refresher, Stats, refresh_inputs
 from fenced.resolver import Answer, DnsResolver
 from fenced.ruleset import layout, script
 
@@ -194,6 +194,9 @@ async def fenced_worker(args: argparse.Namespace) -> None:
                 pending_due[name] = due
             return a
 
+        async def close(self) -> None:
+            await self.inner.close()
+
     class RecordingFirewall(KernelFirewall):
         writes = 0
 
@@ -227,7 +230,7 @@ async def fenced_worker(args: argparse.Namespace) -> None:
         stats=stats,
         logger=Logger(level="info"),
     )
-    await refresher.start(cfg.daemon, targets_for(cfg, lay))
+    await refresher.start(cfg.daemon, refresh_inputs(cfg, lay))
     t0 = time.monotonic()
     while sum(answered.values()) < len(records) and time.monotonic() - t0 < args.warmup_max:
         await asyncio.sleep(0.05)

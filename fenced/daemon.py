@@ -37,7 +37,7 @@ from fenced.netlink import (
 )
 from fenced.notify import Notifier
 from fenced.planner import SetTarget
-from fenced.refresher import Learned, Refresher, all_set_targets, targets_for
+from fenced.refresher import Learned, Refresher, RefreshInputs, refresh_inputs
 from fenced.resolver import DnsResolver, Resolver
 from fenced.ruleset import Layout, cgroup_elements, delete_chains_script, layout, script
 from fenced.status import build_status
@@ -113,6 +113,8 @@ class Daemon:
         self.state = State(config_path)
         self.config: Config | None = None
         self.layout: Layout | None = None
+        #: What the refresher is told at start, reload and repair: made with the layout.
+        self.inputs: RefreshInputs | None = None
         self._cgroup_root = cgroup_root
         self._watcher: CgroupWatcher | None = None
         self._fw_lock = asyncio.Lock()
@@ -156,16 +158,14 @@ class Daemon:
             await self.http.start()
         await self._start_gateways(cfg)
         await self._apply(cfg)
-        assert self.layout is not None
+        assert self.inputs is not None
         self.refresher = Refresher(
             TimedFirewall(self.fw, self.metrics),
             self._resolver_factory(cfg),
             lock=self._fw_lock,
             stats=MetricsStats(self.metrics),
         )
-        await self.refresher.start(
-            cfg.daemon, targets_for(cfg, self.layout), all_set_targets(cfg, self.layout)
-        )
+        await self.refresher.start(cfg.daemon, self.inputs)
         self._watch_table(cfg.daemon.table)
         await self._first_resolutions()
         self.state.last_reload = "ok"
@@ -243,13 +243,14 @@ class Daemon:
             await self._apply(cfg)
             started = []
             await self._retire_gateways(cfg)
-            assert self.layout is not None
+            assert self.inputs is not None
             if self.refresher is not None:
                 if old is None or old.daemon.resolvers != cfg.daemon.resolvers:
+                    replaced = self.refresher.resolver
                     self.refresher.resolver = self._resolver_factory(cfg)
-                await self.refresher.configure(
-                    cfg.daemon, targets_for(cfg, self.layout), all_set_targets(cfg, self.layout)
-                )
+                    # Its sockets close once its lookups in flight are done.
+                    await replaced.close()
+                await self.refresher.configure(cfg.daemon, self.inputs)
             if old is None or old.daemon.table != cfg.daemon.table:
                 self._watch_table(cfg.daemon.table)
         except ConfigError as exc:
@@ -308,6 +309,7 @@ class Daemon:
         self._unwatch_table()
         if self.refresher is not None:
             await self.refresher.stop()
+            await self.refresher.resolver.close()
         if self.config is not None and self.config.daemon.on_exit == "remove":
             async with self._fw_lock:
                 await self.fw.delete_table(self.config.daemon.table)
@@ -362,12 +364,14 @@ class Daemon:
         Called when another process changed fenced's table (deleted it, flushed it,
         removed elements...). Reinstalling is idempotent, so nothing is compared first.
         """
-        cfg, lay = self.config, self.layout
-        if cfg is None or lay is None:
+        cfg = self.config
+        if cfg is None:
             return
         await self._apply(cfg, repair=True)
-        if self.refresher is not None:
-            await self.refresher.configure(cfg.daemon, targets_for(cfg, lay))
+        if self.refresher is not None and self.inputs is not None:
+            # The same inputs as at start and reload: every set, wildcard-only ones too,
+            # so learned addresses are written back and new ones accepted.
+            await self.refresher.configure(cfg.daemon, self.inputs)
         self.state.repairs += 1
         self.metrics.table_repair()
         self.log.warning("table_repaired", table=cfg.daemon.table, repairs=self.state.repairs)
@@ -395,7 +399,7 @@ class Daemon:
             await self.fw.install(
                 script(cfg, lay, existing, keep_chains=stale_kept, gateway_ports=ports)
             )
-            self.config, self.layout = cfg, lay
+            self.config, self.layout, self.inputs = cfg, lay, refresh_inputs(cfg, lay)
             self.state.installed = True
             if not repair:
                 self.state.generation += 1
@@ -560,6 +564,7 @@ class Daemon:
             mono_now=r.clock.now() if r is not None else time.monotonic(),
             wall_now=time.time(),
             health=self.health(),
+            learned=r.learned() if r is not None else None,
         )
 
     async def refresh_counters(self) -> None:
@@ -568,7 +573,7 @@ class Daemon:
         if cfg is None:
             return
         if self.refresher is not None:
-            self.metrics.update_policies(cfg, self.refresher.status())
+            self.metrics.update_policies(cfg, self.refresher.status(), self.refresher.learned())
         counters = await self.fw.counters(cfg.daemon.table)
         self.metrics.update_denied([p.name for p in cfg.policies], counters)
 

@@ -32,11 +32,12 @@ from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from fenced import __version__
+from fenced.cache import CacheEntry
 from fenced.firewall import Firewall
 from fenced.model import Config, IPAddress
 from fenced.netlink import DumpedElement, SetOp
 from fenced.planner import is_restricted
-from fenced.refresher import NameStatus, Stats
+from fenced.refresher import Learned, NameStatus, Stats
 from fenced.resolver import Answer, Resolver
 from fenced.ruleset import Direction, Existing, denied_counter
 
@@ -136,7 +137,8 @@ class Metrics:
         )
         self._allowed_ips = Gauge(
             "fenced_allowed_ips",
-            "Addresses of a policy's domains that fenced holds in its sets, by IP family.",
+            "Addresses of a policy's domains that fenced holds in its sets (resolved by "
+            "fenced or learned from the policy's DNS gateway answers), by IP family.",
             ["policy", "family"],
             registry=r,
         )
@@ -350,15 +352,21 @@ class Metrics:
         for key in [k for k in self._denied.values if k[0] not in kept]:
             del self._denied.values[key]
 
-    def update_policies(self, config: Config, names: Mapping[str, NameStatus]) -> None:
+    def update_policies(
+        self,
+        config: Config,
+        names: Mapping[str, NameStatus],
+        learned: Mapping[Learned, Mapping[IPAddress, CacheEntry]] | None = None,
+    ) -> None:
         """Set ``fenced_domains`` and ``fenced_allowed_ips`` from a config and name states.
 
-        ``names`` is ``Refresher.status()``. An address counts for a policy when one of
-        its domains holds it and the set may take it (private addresses only with
+        ``names`` is ``Refresher.status()`` and ``learned`` ``Refresher.learned()``. An
+        address counts for a policy when one of its domains or one of the names its
+        gateway learned holds it and the set may take it (private addresses only with
         ``allow_private``), so the numbers match the sets' content. Policies no longer
         configured lose their series. In-memory, O(domains x addresses).
         """
-        for policy, domains, ips in policy_counts(config, names):
+        for policy, domains, ips in policy_counts(config, names, learned):
             self.set_domains(policy, domains)
             for family, n in ips.items():
                 self.set_allowed_ips(policy, family, n)
@@ -371,7 +379,9 @@ class Metrics:
 
 
 def policy_counts(
-    config: Config, names: Mapping[str, NameStatus]
+    config: Config,
+    names: Mapping[str, NameStatus],
+    learned: Mapping[Learned, Mapping[IPAddress, CacheEntry]] | None = None,
 ) -> list[tuple[str, int, dict[int, int]]]:
     """Per policy: its name, how many domains it lists, and its set addresses per family.
 
@@ -379,13 +389,16 @@ def policy_counts(
     """
     result: list[tuple[str, int, dict[int, int]]] = []
     restricted: dict[IPAddress, bool] = {}  # each address judged once, however often listed
+    gateway: dict[str, list[Iterable[IPAddress]]] = {}
+    for key, entries in (learned or {}).items():
+        gateway.setdefault(key.policy, []).append(entries)
     for policy in config.policies:
         ips: set[IPAddress] = set()
-        for domain in policy.domains:
-            status = names.get(domain)
-            if status is None:
-                continue
-            for ip in status.ips:
+        held: list[Iterable[IPAddress]] = [
+            status.ips for status in (names.get(d) for d in policy.domains) if status is not None
+        ]
+        for source in (*held, *gateway.get(policy.name, ())):
+            for ip in source:
                 if not policy.allow_private:
                     bad = restricted.get(ip)
                     if bad is None:
@@ -439,6 +452,9 @@ class TimedResolver:
 
     Lookups that raise (a resolver must not) count as ``error`` and the exception goes on;
     cancelled lookups are not counted. ``clock`` is a monotonic seconds function.
+    ``close`` closes the wrapped resolver once no lookup through this wrapper is in flight
+    (closed under a running lookup, a resolver could open sockets again on its next try,
+    which nothing would close).
     """
 
     def __init__(
@@ -451,6 +467,8 @@ class TimedResolver:
         self.inner = inner
         self.metrics = metrics
         self.clock = clock
+        self._in_flight = 0
+        self._close_due = False
 
     @property
     def budget(self) -> float:
@@ -464,13 +482,26 @@ class TimedResolver:
     async def resolve(self, name: str) -> Answer:
         """See ``Resolver.resolve``."""
         start = self.clock()
+        self._in_flight += 1
         try:
             answer = await self.inner.resolve(name)
         except Exception:
             self.metrics.dns_query("error", self.clock() - start)
             raise
+        finally:
+            self._in_flight -= 1
+            if self._close_due and not self._in_flight:
+                self._close_due = False
+                await self.inner.close()
         self.metrics.dns_query(answer.status, self.clock() - start)
         return answer
+
+    async def close(self) -> None:
+        """See ``Resolver.close``; waits for no lookup, but closes only after the last."""
+        if self._in_flight:
+            self._close_due = True
+        else:
+            await self.inner.close()
 
 
 class TimedFirewall:

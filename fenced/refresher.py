@@ -53,7 +53,7 @@ from fenced.model import Config, DaemonConfig, IPAddress
 from fenced.netlink import DumpedElement, key_to_ip
 from fenced.planner import Plan, Planner, SetTarget
 from fenced.resolver import Answer, Resolver
-from fenced.ruleset import Layout
+from fenced.ruleset import DomainSet, Layout
 
 # ------------------------------------------------------------------------------ clocks
 
@@ -242,29 +242,63 @@ class Learned:
 SourceKey = str | Adopted | Learned
 
 
-def all_set_targets(config: Config, lay: Layout) -> tuple[SetTarget, ...]:
-    """Every domain set of ``lay`` as a SetTarget, wildcard-only groups included."""
-    allow = {p.name: p.allow_private for p in config.policies}
-    return tuple(
-        SetTarget(ds.name, ds.family, allow.get(ds.policy, False)) for ds in lay.domain_sets
-    )
+@dataclass(frozen=True)
+class RefreshInputs:
+    """Everything the refresher is told about the table: one value, built from one layout.
+
+    ``names`` maps each exact domain to the sets its addresses go in (every policy's);
+    a wildcard is never a key (it cannot be resolved ahead of time: a literal query for
+    ``*.example.com`` would even match a wildcard record). ``sets`` is every domain set
+    the refresher may write: those of ``names`` and those only wildcard entries feed,
+    which gateway answers fill through ``Refresher.learn``. A set left out of ``sets`` is
+    one the refresher forgets, with every address learned for it, so build this value
+    with :func:`refresh_inputs` (or :meth:`from_names`) and pass the same kind of value
+    at start, reload and repair. Raises ValueError when ``names`` holds a wildcard or a
+    set that ``sets`` lacks.
+    """
+
+    names: Mapping[str, tuple[SetTarget, ...]]
+    sets: tuple[SetTarget, ...]
+
+    def __post_init__(self) -> None:
+        known = {t.name for t in self.sets}
+        for name, targets in self.names.items():
+            if name.startswith("*."):
+                raise ValueError(f"refresher inputs: {name} is a wildcard, it cannot be resolved")
+            for t in targets:
+                if t.name not in known:
+                    raise ValueError(f"refresher inputs: set {t.name} of {name} is not declared")
+
+    @classmethod
+    def from_names(
+        cls, names: Mapping[str, Sequence[SetTarget]], sets: Sequence[SetTarget] = ()
+    ) -> RefreshInputs:
+        """``names`` with every set they name, plus ``sets`` (e.g. wildcard-only ones)."""
+        every: dict[str, SetTarget] = {}
+        for t in (*(t for ts in names.values() for t in ts), *sets):
+            every.setdefault(t.name, t)
+        return cls(
+            {k: tuple(v) for k, v in names.items()},
+            tuple(sorted(every.values(), key=lambda t: t.name)),
+        )
 
 
-def targets_for(config: Config, lay: Layout) -> dict[str, tuple[SetTarget, ...]]:
-    """For each exact domain of ``config``, the sets its addresses go in (all policies).
+def refresh_inputs(config: Config, lay: Layout) -> RefreshInputs:
+    """The refresher's inputs for ``config`` installed as ``lay``: every name, every set.
 
-    Wildcards (``*.example.com``) are left out: they cannot be resolved ahead of time
-    (a literal query for ``*.example.com`` would even match a wildcard record); their
-    addresses come only from the DNS gateway.
+    Each exact domain maps to the sets of every policy listing it; every domain set of
+    ``lay`` is declared, the groups only wildcard entries feed included.
     """
     allow = {p.name: p.allow_private for p in config.policies}
+
+    def target(ds: DomainSet) -> SetTarget:
+        return SetTarget(ds.name, ds.family, allow.get(ds.policy, False))
+
     domains = sorted({d for ds in lay.domain_sets for d in ds.domains if not d.startswith("*.")})
-    return {
-        d: tuple(
-            SetTarget(ds.name, ds.family, allow.get(ds.policy, False)) for ds in lay.sets_for(d)
-        )
-        for d in domains
-    }
+    return RefreshInputs.from_names(
+        {d: tuple(target(ds) for ds in lay.sets_for(d)) for d in domains},
+        tuple(target(ds) for ds in lay.domain_sets),
+    )
 
 
 @dataclass
@@ -299,9 +333,8 @@ class NameStatus:
 class _Request:
     kind: Literal["start", "configure"]
     daemon: DaemonConfig
-    targets: dict[str, tuple[SetTarget, ...]]
+    inputs: RefreshInputs
     done: asyncio.Future[None]
-    sets: tuple[SetTarget, ...] = ()
 
 
 @dataclass
@@ -319,10 +352,10 @@ class _Learn:
 class Refresher:
     """Keeps the domain sets of fenced's table filled from DNS (see the module text).
 
-    Life cycle: ``await start(daemon, targets)`` once the ruleset is installed;
-    ``await configure(daemon, targets)`` after every reload (once the new ruleset is
-    installed); ``await stop()`` at exit (elements stay in the kernel and time out by
-    themselves). ``targets`` maps each domain to its sets (:func:`targets_for`).
+    Life cycle: ``await start(daemon, inputs)`` once the ruleset is installed;
+    ``await configure(daemon, inputs)`` after every reload and every repair (once the
+    ruleset is installed again); ``await stop()`` at exit (elements stay in the kernel and
+    time out by themselves). ``inputs`` names every name and set (:func:`refresh_inputs`).
     ``lock``, when given, is held around every firewall call (the daemon's firewall lock);
     never await ``start`` or ``configure`` while holding it.
     """
@@ -381,22 +414,16 @@ class Refresher:
         self._task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ public
-    async def start(
-        self,
-        daemon: DaemonConfig,
-        targets: Mapping[str, Sequence[SetTarget]],
-        sets: Sequence[SetTarget] = (),
-    ) -> None:
+    async def start(self, daemon: DaemonConfig, inputs: RefreshInputs) -> None:
         """Start the loop: adopt still-valid elements of the sets, reconcile, resolve all.
 
-        ``sets`` declares sets that no resolvable name maps to (wildcard entries' sets,
-        filled only by ``learn``). Returns once the first reconciliation was written (or
-        failed and was queued for retry); the names are being resolved by then.
+        Returns once the first reconciliation was written (or failed and was queued for
+        retry); the names are being resolved by then.
         """
         if self._task is not None:
             raise RuntimeError("refresher already started")
         self._task = asyncio.create_task(self._run(), name="fenced-refresher")
-        await self._submit("start", daemon, targets, sets)
+        await self._submit("start", daemon, inputs)
 
     async def learn(
         self,
@@ -423,22 +450,19 @@ class Refresher:
         """What gateway answers added, by (policy, name), with deadlines (for status pages)."""
         return {k: self.cache.entries(k) for k in self._learned if self.cache.entries(k)}
 
-    async def configure(
-        self,
-        daemon: DaemonConfig,
-        targets: Mapping[str, Sequence[SetTarget]],
-        sets: Sequence[SetTarget] = (),
-    ) -> None:
-        """Apply a reload, reconciling the sets with a dump of them.
+    async def configure(self, daemon: DaemonConfig, inputs: RefreshInputs) -> None:
+        """Apply a reload or a repair, reconciling the sets with a dump of them.
 
         New names are resolved at once, removed ones forgotten and their addresses
-        deleted, kept ones untouched (no gap).
+        deleted, kept ones untouched (no gap). Every address held for a set still in
+        ``inputs`` (resolved, learned from a gateway or adopted) is written again where
+        the dump lacks it, so a table installed anew gets back all it held.
 
         Returns once that was written (or failed and was queued for retry).
         """
         if self._task is None:
             raise RuntimeError("refresher not started")
-        await self._submit("configure", daemon, targets, sets)
+        await self._submit("configure", daemon, inputs)
 
     async def stop(self) -> None:
         """Stop the loop and every lookup. Elements stay in the kernel with their timeouts."""
@@ -502,16 +526,10 @@ class Refresher:
         return self._targets.get(key, ())
 
     async def _submit(
-        self,
-        kind: Literal["start", "configure"],
-        daemon: DaemonConfig,
-        targets: Mapping[str, Sequence[SetTarget]],
-        sets: Sequence[SetTarget] = (),
+        self, kind: Literal["start", "configure"], daemon: DaemonConfig, inputs: RefreshInputs
     ) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._requests.append(
-            _Request(kind, daemon, {k: tuple(v) for k, v in targets.items()}, done, tuple(sets))
-        )
+        self._requests.append(_Request(kind, daemon, inputs, done))
         self._wake.set()
         await done
 
@@ -784,9 +802,8 @@ class Refresher:
         cache.max_ips = daemon.max_ips_per_name
         self.daemon, self.table = daemon, daemon.table
         old = set(self._names)
-        self._targets = {k: v for k, v in req.targets.items() if not k.startswith("*.")}
-        self._set_index = {t.name: t for ts in self._targets.values() for t in ts}
-        self._set_index.update({t.name: t for t in req.sets})
+        self._targets = dict(req.inputs.names)
+        self._set_index = {t.name: t for t in req.inputs.sets}
         for learned, targets in list(self._learned.items()):
             kept = tuple(self._set_index[t.name] for t in targets if t.name in self._set_index)
             if kept:
@@ -861,9 +878,9 @@ __all__ = [
     "Learned",
     "MonotonicClock",
     "NameStatus",
+    "RefreshInputs",
     "Refresher",
     "SourceKey",
     "Stats",
-    "all_set_targets",
-    "targets_for",
+    "refresh_inputs",
 ]

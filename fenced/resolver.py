@@ -147,6 +147,10 @@ class Resolver(Protocol):
         """A and AAAA of ``name`` (no trailing dot needed), CNAMEs followed."""
         ...
 
+    async def close(self) -> None:
+        """Release what the resolver holds open (sockets); a later lookup may reopen it."""
+        ...
+
 
 @dataclass(frozen=True)
 class _Part:
@@ -837,7 +841,8 @@ class FakeResolver:
     one and the last repeats. An answer may be an exception, which ``resolve`` raises (to
     test callers' robustness). Unknown names answer NXDOMAIN. ``delay(name, seconds)``
     makes queries wait that long with ``sleep`` (e.g. a fake clock's). ``queries`` counts
-    queries per name; ``max_in_flight`` records the most concurrent ones.
+    queries per name; ``max_in_flight`` records the most concurrent ones; ``closed``
+    counts ``close`` calls.
     """
 
     def __init__(self, sleep: Callable[[float], Awaitable[None]] | None = None) -> None:
@@ -848,6 +853,7 @@ class FakeResolver:
         self.queries: collections.Counter[str] = collections.Counter()
         self.in_flight = 0
         self.max_in_flight = 0
+        self.closed = 0
 
     def script(self, name: str, *answers: Answer | Exception) -> None:
         """Replace ``name``'s queued answers."""
@@ -874,6 +880,10 @@ class FakeResolver:
             return answer
         finally:
             self.in_flight -= 1
+
+    async def close(self) -> None:
+        """See ``Resolver.close`` (counted; nothing is held)."""
+        self.closed += 1
 
 
 # ------------------------------------------------------------------------------ forwarding

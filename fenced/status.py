@@ -17,10 +17,11 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from fenced import __version__
+from fenced.cache import CacheEntry
 from fenced.errors import HttpError
 from fenced.model import Config, IPAddress, Policy
 from fenced.planner import is_restricted
-from fenced.refresher import NameStatus
+from fenced.refresher import Learned, NameStatus
 from fenced.resolver import FAILURES
 
 #: Version of the document's layout.
@@ -82,6 +83,42 @@ def _r(x: float) -> float:
     return round(x, 3)
 
 
+def _ttl(entries: Mapping[IPAddress, CacheEntry]) -> float | None:
+    """The TTL the newest answer among ``entries`` gave (None: no answer gave any)."""
+    seen = [e.seen for e in entries.values() if e.seen != float("-inf")]
+    if not seen:
+        return None
+    newest = max(seen)
+    return _r(max(e.deadline - e.seen for e in entries.values() if e.seen == newest))
+
+
+def _ip_docs(
+    policy: Policy,
+    entries: Mapping[IPAddress, CacheEntry],
+    mono_now: float,
+    restricted: dict[IPAddress, bool],
+) -> list[dict[str, object]]:
+    """One document per address: time left in the sets, stale or not, in the sets or not."""
+    ips: list[dict[str, object]] = []
+    for ip, entry in sorted(entries.items(), key=lambda item: (item[0].version, item[0])):
+        if policy.allow_private:
+            in_set = True
+        else:
+            bad = restricted.get(ip)
+            if bad is None:
+                bad = restricted[ip] = is_restricted(ip)
+            in_set = not bad
+        ips.append(
+            {
+                "ip": str(ip),
+                "seconds_left": _r(max(0.0, entry.expires - mono_now)),
+                "stale": entry.deadline <= mono_now,
+                "in_set": in_set,
+            }
+        )
+    return ips
+
+
 def _domain_doc(
     policy: Policy,
     ns: NameStatus | None,
@@ -106,10 +143,7 @@ def _domain_doc(
     }
     if ns is None:
         return doc
-    seen = [e.seen for e in ns.ips.values() if e.seen != float("-inf")]
-    if seen:
-        newest = max(seen)
-        doc["ttl"] = _r(max(e.deadline - e.seen for e in ns.ips.values() if e.seen == newest))
+    doc["ttl"] = _ttl(ns.ips)
     if ns.last_status is not None and ns.last_time is not None:
         doc["last_resolution"] = {
             "status": ns.last_status,
@@ -125,25 +159,25 @@ def _domain_doc(
             }
     doc["next_refresh"] = wall(ns.next_due) if ns.next_due is not None else None
     doc["resolving"] = ns.in_flight
-    ips: list[dict[str, object]] = []
-    for ip, entry in sorted(ns.ips.items(), key=lambda item: (item[0].version, item[0])):
-        if policy.allow_private:
-            in_set = True
-        else:
-            bad = restricted.get(ip)
-            if bad is None:
-                bad = restricted[ip] = is_restricted(ip)
-            in_set = not bad
-        ips.append(
-            {
-                "ip": str(ip),
-                "seconds_left": _r(max(0.0, entry.expires - mono_now)),
-                "stale": entry.deadline <= mono_now,
-                "in_set": in_set,
-            }
-        )
-    doc["ips"] = ips
+    doc["ips"] = _ip_docs(policy, ns.ips, mono_now, restricted)
     return doc
+
+
+def _learned_doc(
+    policy: Policy,
+    entries: Mapping[IPAddress, CacheEntry],
+    *,
+    now: tuple[float, float],
+    restricted: dict[IPAddress, bool],
+) -> dict[str, object]:
+    """One name a gateway answer gave: when it was last answered, its TTL, its addresses."""
+    mono_now, wall_now = now
+    seen = [e.seen for e in entries.values() if e.seen != float("-inf")]
+    return {
+        "last_answer": _r(wall_now + (max(seen) - mono_now)) if seen else None,
+        "ttl": _ttl(entries),
+        "ips": _ip_docs(policy, entries, mono_now, restricted),
+    }
 
 
 def build_status(
@@ -155,13 +189,15 @@ def build_status(
     wall_now: float,
     version: str = __version__,
     health: tuple[bool, str] | None = None,
+    learned: Mapping[Learned, Mapping[IPAddress, CacheEntry]] | None = None,
 ) -> dict[str, object]:
     """The ``GET /status`` document. Pure and in-memory.
 
-    ``names`` is ``Refresher.status()``, whose times are on the refresher's monotonic
-    clock: ``mono_now`` is that clock's now and ``wall_now`` the Unix time now, used to
-    turn them into Unix times. ``health`` is ``StatusProvider.health()``'s answer, if
-    the caller wants it in the document.
+    ``names`` is ``Refresher.status()`` and ``learned`` ``Refresher.learned()`` (every
+    name a DNS gateway answer gave, listed under its policy), whose times are on the
+    refresher's monotonic clock: ``mono_now`` is that clock's now and ``wall_now`` the
+    Unix time now, used to turn them into Unix times. ``health`` is
+    ``StatusProvider.health()``'s answer, if the caller wants it in the document.
     """
     doc: dict[str, object] = {
         "schema": SCHEMA,
@@ -183,6 +219,10 @@ def build_status(
     }
     policies: dict[str, object] = {}
     restricted: dict[IPAddress, bool] = {}  # each address judged once, however often listed
+    by_policy: dict[str, dict[str, Mapping[IPAddress, CacheEntry]]] = {}
+    for key, entries in (learned or {}).items():
+        if entries:
+            by_policy.setdefault(key.policy, {})[key.name] = entries
     for p in config.policies if config is not None else ():
         ports: dict[str, set[str]] = {}
         for t in p.outbound:
@@ -190,6 +230,7 @@ def build_status(
                 ports.setdefault(t.domain, set()).add(t.spec.describe())
         policies[p.name] = {
             "mode": p.mode,
+            "dns": p.dns,
             "subjects": {
                 "uids": list(p.uids),
                 "gids": list(p.gids),
@@ -212,6 +253,11 @@ def build_status(
                     restricted=restricted,
                 )
                 for d in p.domains
+            },
+            "wildcards": list(p.wildcards),
+            "learned": {
+                name: _learned_doc(p, entries, now=(mono_now, wall_now), restricted=restricted)
+                for name, entries in sorted(by_policy.get(p.name, {}).items())
             },
         }
     doc["policies"] = policies
@@ -385,14 +431,34 @@ def _format_policy(name: str, pol: dict[str, object], now: float) -> list[str]:
             parts.append(f"next {_when(d.get('next_refresh'), now)}")
         ports = " ".join(str(p) for p in _list(d.get("ports")))
         lines.append(f"    {domain}" + (f" ({ports})" if ports else "") + ": " + ", ".join(parts))
-        for raw_ip in _list(d.get("ips")):
-            ip = _dict(raw_ip)
-            notes = [f"{duration(_num(ip.get('seconds_left')) or 0.0)} left"]
-            if ip.get("stale") is True:
-                notes.append("stale")
-            if ip.get("in_set") is False:
-                notes.append("not in set: private")
-            lines.append(f"      {ip.get('ip')} ({', '.join(notes)})")
+        lines.extend(_ip_lines(_list(d.get("ips"))))
+    wildcards = _list(pol.get("wildcards"))
+    if wildcards:
+        lines.append("  wildcards: " + " ".join(str(w) for w in wildcards))
+    learned = _dict(pol.get("learned"))
+    if learned or pol.get("dns") == "gateway":
+        lines.append(f"  learned from DNS answers: {len(learned)}")
+    for qname, raw in learned.items():
+        d = _dict(raw)
+        parts = [f"answered {_when(d.get('last_answer'), now)}"]
+        ttl = _num(d.get("ttl"))
+        if ttl is not None:
+            parts.append(f"ttl {ttl:g}s")
+        lines.append(f"    {qname}: " + ", ".join(parts))
+        lines.extend(_ip_lines(_list(d.get("ips"))))
+    return lines
+
+
+def _ip_lines(ips: list[object]) -> list[str]:
+    lines: list[str] = []
+    for raw_ip in ips:
+        ip = _dict(raw_ip)
+        notes = [f"{duration(_num(ip.get('seconds_left')) or 0.0)} left"]
+        if ip.get("stale") is True:
+            notes.append("stale")
+        if ip.get("in_set") is False:
+            notes.append("not in set: private")
+        lines.append(f"      {ip.get('ip')} ({', '.join(notes)})")
     return lines
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
 import random
@@ -18,7 +19,7 @@ from fenced.firewall import FakeFirewall
 from fenced.metrics import Metrics, MetricsStats, TimedFirewall, TimedResolver, policy_counts
 from fenced.model import Config, DaemonConfig, IPAddress, Policy, PortSpec, Target
 from fenced.netlink import Element, SetOp, ipv4_key
-from fenced.refresher import FakeClock, NameStatus, Refresher, targets_for
+from fenced.refresher import FakeClock, Learned, NameStatus, Refresher, refresh_inputs
 from fenced.resolver import Answer, FakeResolver
 from fenced.ruleset import layout, script
 
@@ -176,6 +177,29 @@ def test_update_policies_counts_set_addresses() -> None:
     assert _value(m, "fenced_domains", policy="web") == 2
 
 
+def test_allowed_ips_count_gateway_learned_names() -> None:
+    """Addresses a policy's gateway learned count in fenced_allowed_ips, wildcard-only too."""
+    web = Policy("web", uids=(1000,), outbound=(_target("a.test"),))
+    edge = Policy("edge", uids=(1001,), outbound=(_target("*.cdn.test"),))
+    entry = CacheEntry(10.0, 40.0, 1.0)
+    learned = {
+        Learned("web", "a.test"): {B: entry},  # the gateway's answer for an exact name
+        Learned("edge", "x.cdn.test"): {A: entry, V6: entry},
+        Learned("edge", "y.cdn.test"): {A: entry, PRIV: entry},  # private: not in the set
+        Learned("gone", "z.test"): {B: entry},
+    }
+    names = _names({"a.test": (A,)})
+    assert policy_counts(_config(web, edge), names, learned) == [
+        ("web", 1, {4: 2, 6: 0}),
+        ("edge", 0, {4: 1, 6: 1}),
+    ]
+    m = Metrics()
+    m.update_policies(_config(web, edge), names, learned)
+    assert _value(m, "fenced_allowed_ips", policy="edge", family="ipv4") == 1
+    assert _value(m, "fenced_allowed_ips", policy="edge", family="ipv6") == 1
+    assert _value(m, "fenced_allowed_ips", policy="web", family="ipv4") == 2
+
+
 def test_family_label_rejects_unknown_family() -> None:
     """set_allowed_ips takes IP version 4 or 6 only."""
     with pytest.raises(ValueError, match="no IP family 5"):
@@ -231,6 +255,27 @@ async def test_timed_resolver_counts_status_and_duration() -> None:
     assert _value(m, "fenced_dns_query_duration_seconds_sum") == pytest.approx(0.15)
 
 
+async def test_timed_resolver_closes_inner_after_lookups_in_flight() -> None:
+    """TimedResolver.close closes the wrapped resolver at once, or when its last lookup ends."""
+    gate = asyncio.Event()
+
+    async def wait(_seconds: float) -> None:
+        await gate.wait()
+
+    fake = FakeResolver(wait)
+    fake.delay("slow.test", 1.0)
+    timed = TimedResolver(fake, Metrics())
+    await timed.close()
+    assert fake.closed == 1
+    lookup = asyncio.create_task(timed.resolve("slow.test"))
+    await asyncio.sleep(0)
+    await timed.close()
+    assert fake.closed == 1  # a lookup is still running on it
+    gate.set()
+    assert (await lookup).status == "nxdomain"
+    assert fake.closed == 2
+
+
 async def test_timed_firewall_counts_applies() -> None:
     """TimedFirewall counts non-empty applies by result and passes everything through."""
     m = Metrics()
@@ -271,7 +316,7 @@ async def test_refresher_feeds_metrics_through_adapters() -> None:
         rng=random.Random(1),
         stats=MetricsStats(m),
     )
-    await ref.start(cfg.daemon, targets_for(cfg, lay))
+    await ref.start(cfg.daemon, refresh_inputs(cfg, lay))
     try:
         await clock.advance(61.5)
         m.update_policies(cfg, ref.status())

@@ -23,7 +23,7 @@ from fenced.log import Logger
 from fenced.model import Config, DaemonConfig, IPAddress, Policy, PortSpec, Target
 from fenced.netlink import DumpedElement, Element, SetOp, ipv4_key, key_to_ip
 from fenced.planner import SetTarget
-from fenced.refresher import FakeClock, Refresher, targets_for
+from fenced.refresher import FakeClock, Refresher, RefreshInputs, refresh_inputs
 from fenced.resolver import Answer, FakeResolver
 from fenced.ruleset import layout
 
@@ -175,7 +175,7 @@ async def running(
         **kw,  # type: ignore[arg-type]
     )
     rig = Rig(clock, fw, dns, ref, logs, clock.now())
-    await ref.start(daemon, targets)
+    await ref.start(daemon, RefreshInputs.from_names(targets))
     try:
         yield rig
     finally:
@@ -452,13 +452,13 @@ async def test_reload_adds_resolves_at_once_and_removes() -> None:
     async with running({"a.test": (S4,)}, answers) as r:
         await r.at(10)
         writes_before = len(r.fw.applied)
-        await r.ref.configure(DAEMON, {"a.test": (S4,), "b.test": (S4,)})
+        await r.ref.configure(DAEMON, RefreshInputs.from_names({"a.test": (S4,), "b.test": (S4,)}))
         await r.at(10)
         assert r.dns.queries == {"a.test": 1, "b.test": 1}
         assert set(r.fw.live("s4")) == {A, B}
         assert r.fw.actions_for(A) == [("add", "s4")]  # no gap, no rewrite
         assert len(r.fw.applied) == writes_before + 1
-        await r.ref.configure(DAEMON, {"b.test": (S4,)})
+        await r.ref.configure(DAEMON, RefreshInputs.from_names({"b.test": (S4,)}))
         assert set(r.fw.live("s4")) == {B}
         assert ("delete", "s4") in r.fw.actions_for(A)
         assert r.ref.names == ("b.test",)
@@ -470,7 +470,7 @@ async def test_reload_moves_name_between_sets() -> None:
     async with running({"a.test": (S4,), "c.test": (S4,)}, answers) as r:
         await r.at(0)
         t4 = SetTarget("t4", 4)
-        await r.ref.configure(DAEMON, {"a.test": (t4,), "c.test": (S4,)})
+        await r.ref.configure(DAEMON, RefreshInputs.from_names({"a.test": (t4,), "c.test": (S4,)}))
         assert set(r.fw.live("s4")) == {C}
         assert set(r.fw.live("t4")) == {A}
         assert r.dns.queries == {"a.test": 1, "c.test": 1}
@@ -552,8 +552,8 @@ async def test_slow_name_does_not_delay_others() -> None:
         assert r.ref.status()["slow.test"].last_status == "timeout"
 
 
-async def test_targets_leave_wildcards_out() -> None:
-    """targets_for never hands the refresher a wildcard to resolve."""
+async def test_inputs_leave_wildcards_out_but_keep_their_sets() -> None:
+    """refresh_inputs never hands over a wildcard to resolve, but declares its sets."""
     spec = PortSpec(("tcp",))
     cfg = Config(
         DaemonConfig(),
@@ -562,17 +562,21 @@ async def test_targets_leave_wildcards_out() -> None:
                 "p1",
                 uids=(1,),
                 outbound=(
-                    Target("*.w.test", spec, domain="*.w.test"),
+                    Target("*.w.test", PortSpec(("udp",)), domain="*.w.test"),
                     Target("a.test", spec, domain="a.test"),
                 ),
             ),
         ),
     )
-    assert list(targets_for(cfg, layout(cfg))) == ["a.test"]
+    lay = layout(cfg)
+    inputs = refresh_inputs(cfg, lay)
+    assert list(inputs.names) == ["a.test"]
+    assert sorted(t.name for t in inputs.sets) == sorted(ds.name for ds in lay.domain_sets)
+    assert len(inputs.sets) > len({t.name for ts in inputs.names.values() for t in ts})
 
 
 async def test_targets_from_layout() -> None:
-    """targets_for maps each domain to the sets of every policy listing it."""
+    """refresh_inputs maps each domain to the sets of every policy listing it."""
     spec = PortSpec(("tcp",))
     cfg = Config(
         DaemonConfig(),
@@ -586,7 +590,7 @@ async def test_targets_from_layout() -> None:
             ),
         ),
     )
-    targets = targets_for(cfg, layout(cfg))
+    targets = refresh_inputs(cfg, layout(cfg)).names
     assert list(targets) == ["a.test"]
     assert sorted((t.family, t.allow_private) for t in targets["a.test"]) == [
         (4, False),

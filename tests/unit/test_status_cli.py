@@ -9,6 +9,7 @@ import ipaddress
 import json
 import socket
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -19,20 +20,22 @@ from fenced.http import HttpServer
 from fenced.log import Logger
 from fenced.metrics import Metrics
 from fenced.model import Config, DaemonConfig, Listen, Policy, PortRange, PortSpec, Target
-from fenced.refresher import NameStatus
+from fenced.refresher import Learned, NameStatus
 from fenced.status import build_status, duration, format_status, status_url
 
 A = ipaddress.ip_address("192.0.2.10")
 V6 = ipaddress.ip_address("2001:db8::10")
 PRIV = ipaddress.ip_address("10.1.2.3")
 B = ipaddress.ip_address("198.51.100.7")
+X = ipaddress.ip_address("192.0.2.20")
+Y = ipaddress.ip_address("198.51.100.9")
 TCP443 = PortSpec(("tcp",), (PortRange(443, 443),))
 TCP22 = PortSpec(("tcp",), (PortRange(22, 22),))
 WALL, MONO = 1_700_000_000.0, 500.0
 
 
 def sample_doc() -> dict[str, object]:
-    """A document of two policies: one healthy name, one failing with a stale address."""
+    """Three policies: a healthy name, a failing one, names learned under a wildcard."""
     web = Policy(
         "web",
         uids=(1000,),
@@ -48,7 +51,13 @@ def sample_doc() -> dict[str, object]:
         "lab",
         cgroups=("user.slice",),
         mode="audit",
+        dns="direct",
         outbound=(Target("b.test", PortSpec(("tcp", "udp")), domain="b.test"),),
+    )
+    edge = Policy(
+        "edge",
+        uids=(1002,),
+        outbound=(Target("*.cdn.test:443", TCP443, domain="*.cdn.test"),),
     )
     state = State(
         "/etc/fenced/fenced.toml",
@@ -74,13 +83,19 @@ def sample_doc() -> dict[str, object]:
             {B: CacheEntry(deadline=480.0, expires=780.0, seen=420.0)},
         ),
     }
+    learned = {
+        Learned("edge", "y.cdn.test"): {Y: CacheEntry(deadline=495.0, expires=525.0, seen=435.0)},
+        Learned("edge", "x.cdn.test"): {X: CacheEntry(deadline=530.0, expires=560.0, seen=470.0)},
+        Learned("gone", "z.test"): {X: fresh},  # a policy no longer configured: not shown
+    }
     return build_status(
         state,
-        Config(DaemonConfig(), (web, lab)),
+        Config(DaemonConfig(), (web, lab, edge)),
         names,
         mono_now=MONO,
         wall_now=WALL,
         health=(True, "ok"),
+        learned=learned,
     )
 
 
@@ -97,12 +112,23 @@ policy web (enforce)
       10.1.2.3 (1m20s left, not in set: private)
       192.0.2.10 (1m20s left)
       2001:db8::10 (1m20s left)
+  learned from DNS answers: 0
 policy lab (audit)
   subjects: cgroups user.slice (absent)
   inbound: none
   domains: 1
     b.test (tcp,udp): servfail 5s ago (SERVFAIL from 192.0.2.53), ttl 60s, next in 2s
       198.51.100.7 (4m40s left, stale)
+policy edge (enforce)
+  subjects: uids 1002
+  inbound: none
+  domains: 0
+  wildcards: *.cdn.test
+  learned from DNS answers: 2
+    x.cdn.test: answered 30s ago, ttl 60s
+      192.0.2.20 (1m00s left)
+    y.cdn.test: answered 1m05s ago, ttl 60s
+      198.51.100.9 (25s left, stale)
 """
 
 
@@ -133,6 +159,24 @@ def test_build_status_document() -> None:
     assert b["ips"] == [
         {"ip": "198.51.100.7", "seconds_left": 280.0, "stale": True, "in_set": True}
     ]
+
+
+def test_build_status_lists_learned_names_per_policy() -> None:
+    """Every name a gateway answer gave is listed under its policy with addresses and times."""
+    policies: Any = sample_doc()["policies"]
+    assert set(policies) == {"web", "lab", "edge"}
+    edge = policies["edge"]
+    assert (edge["dns"], edge["wildcards"], edge["domains"]) == ("gateway", ["*.cdn.test"], {})
+    assert list(edge["learned"]) == ["x.cdn.test", "y.cdn.test"]
+    assert edge["learned"]["x.cdn.test"] == {
+        "last_answer": WALL - 30,
+        "ttl": 60.0,
+        "ips": [{"ip": "192.0.2.20", "seconds_left": 60.0, "stale": False, "in_set": True}],
+    }
+    assert edge["learned"]["y.cdn.test"]["ips"] == [
+        {"ip": "198.51.100.9", "seconds_left": 25.0, "stale": True, "in_set": True}
+    ]
+    assert policies["web"]["learned"] == {} and policies["web"]["wildcards"] == []
 
 
 def test_build_status_before_any_config() -> None:
