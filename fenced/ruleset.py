@@ -383,6 +383,17 @@ def _chain(name: str, rules: Sequence[str], hook: str | None = None) -> list[str
     return [*lines, *rules, "}"]
 
 
+#: ICMP port unreachable errors about a UDP datagram, up to the quoted datagram's destination
+#: port (matched against a gateway's port): the quoted header starts 8 bytes into the ICMP
+#: message; its protocol is byte 9 of an IPv4 header (no options: fenced's redirected
+#: datagrams carry none) or byte 6 of an IPv6 one, the UDP destination port 2 bytes into
+#: the UDP header that follows (20 or 40 bytes later).
+_UNREACHABLE = (
+    "icmp type destination-unreachable icmp code port-unreachable @th,136,8 17 @th,240,16",
+    "icmpv6 type destination-unreachable icmpv6 code port-unreachable @th,112,8 17 @th,400,16",
+)
+
+
 def _gateway_chains(lay: Layout, gateway_ports: Mapping[str, int]) -> list[str]:
     """The raw chain that zones gateway DNS flows and the nat chain that redirects them."""
     zone_rules: list[str] = []
@@ -398,6 +409,10 @@ def _gateway_chains(lay: Layout, gateway_ports: Mapping[str, int]) -> list[str]:
         port = gateway_ports[name]
         # the gateway's answers (its port is fenced's) belong to the zone they answer
         zone_rules.append(f"meta l4proto {{ tcp, udp }} th sport {port} ct zone set {zone}")
+        # so does the port unreachable the kernel sends while no gateway listens (fenced
+        # stopped with on_exit = "keep"): in the zone it is related to the client's flow,
+        # un-NATed and delivered, so the lookup fails at once instead of timing out
+        zone_rules += [f"{rule} {port} ct zone set {zone}" for rule in _UNREACHABLE]
         redirect_rules.append(f"ct zone {zone} {dns} redirect to :{port}")
     lines = ["chain dns_zone {", "type filter hook output priority raw; policy accept;"]
     lines += [*zone_rules, "}", "chain dns_redirect {"]

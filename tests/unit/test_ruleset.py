@@ -178,6 +178,23 @@ def test_gateway_policies_get_a_zone_redirect_and_guard() -> None:
     assert wanted["m_cg_zone_2"] == {5: policy_chain("web", "zone")}
 
 
+def test_port_unreachable_from_a_stopped_gateway_joins_its_zone() -> None:
+    """ICMP port unreachable quoting a datagram to a gateway's port gets that policy's zone."""
+    cfg = _cfg(_web(dns="gateway"))
+    lay = layout(cfg)
+    zone = lay.zones["web"]
+    text = script(cfg, lay, gateway_ports={"web": 20001})
+    raw = text.split("chain dns_zone {")[1].split("\n\t}")[0]
+    assert (
+        "icmp type destination-unreachable icmp code port-unreachable "
+        f"@th,136,8 17 @th,240,16 20001 ct zone set {zone}"
+    ) in raw
+    assert (
+        "icmpv6 type destination-unreachable icmpv6 code port-unreachable "
+        f"@th,112,8 17 @th,400,16 20001 ct zone set {zone}"
+    ) in raw
+
+
 def test_gateway_policy_without_a_port_is_refused() -> None:
     """Rendering a gateway policy without its listener port is a build error, not a bad ruleset."""
     cfg = _cfg(_web(dns="gateway"))
