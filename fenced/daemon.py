@@ -1,9 +1,11 @@
 """The running daemon: installs the ruleset, keeps run-time sets current, obeys signals.
 
-Start-up is ordered: read the config, check the host, install the ruleset (one nft
-transaction that keeps any addresses and cgroup ids already in the table), write the
-cgroup ids, then serve. Signal handlers only record what was asked; the main loop acts.
-Every firewall change goes through one lock, so the kernel sees them in a known order.
+Start-up is ordered: read the config, check the host, start the DNS gateways, install
+the ruleset (one nft transaction that keeps any addresses and cgroup ids already in the
+table), write the cgroup ids, delete the conntrack entries of DNS flows still redirected
+to a gateway port that is gone, then serve. Signal handlers only record what was asked;
+the main loop acts. Every firewall change goes through one lock, so the kernel sees them
+in a known order.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from fenced import config as config_mod
 from fenced.aio import wait_event
 from fenced.cgroups import CgroupWatcher, find_cgroup2_mount
+from fenced.conntrack import Conntrack, KernelConntrack
 from fenced.errors import ConfigError, FencedError, FirewallError, SystemCheckError
 from fenced.firewall import OWN_NFT_PIDS, Firewall
 from fenced.gateway import Gateway, GatewayStats, Result
@@ -88,6 +91,8 @@ class Daemon:
     ``log_level`` (``fenced run --log-level``), when given, is the level of ``logger``
     whatever the configuration says; otherwise ``daemon.log_level`` is applied at start
     and by every successful reload.
+    ``conntrack`` is the connection tracking table whose stale gateway DNS flows are
+    deleted after each install (None: left alone, for tests that run no real gateway).
     """
 
     def __init__(
@@ -104,6 +109,7 @@ class Daemon:
         notifier: Notifier | None = None,
         first_resolution_timeout: float = 10.0,
         log_level: LogLevel | None = None,
+        conntrack: Conntrack | None = None,
     ) -> None:
         self.config_path = config_path
         self.fw = firewall
@@ -134,6 +140,7 @@ class Daemon:
         self._monitor_factory = monitor_factory
         self._monitor: NftMonitor | None = None
         self._repair_due = False
+        self.conntrack = conntrack
 
     # ------------------------------------------------------------------ signals
     def request(self, what: str) -> None:
@@ -158,6 +165,7 @@ class Daemon:
             await self.http.start()
         await self._start_gateways(cfg)
         await self._apply(cfg)
+        await self._forget_stale_dns_flows()
         assert self.inputs is not None
         self.refresher = Refresher(
             TimedFirewall(self.fw, self.metrics),
@@ -242,6 +250,7 @@ class Daemon:
             started = await self._start_gateways(cfg)
             await self._apply(cfg)
             started = []
+            await self._forget_stale_dns_flows()
             await self._retire_gateways(cfg)
             assert self.inputs is not None
             if self.refresher is not None:
@@ -513,6 +522,26 @@ class Daemon:
             raise
         return started
 
+    async def _forget_stale_dns_flows(self) -> None:
+        """Delete the conntrack entries of DNS flows redirected to a gone gateway port.
+
+        A restart, or a reload that starts a new gateway, gives a policy's gateway a new
+        port; entries of its zone still name the old one. Called right after the ruleset
+        that redirects to the current ports is in. A failure is logged: such a flow's
+        lookups fail (at once), nothing is opened.
+        """
+        lay = self.layout
+        if self.conntrack is None or lay is None:
+            return
+        ports = {lay.zones[n]: gw.port for n, gw in self.gateways.items() if n in lay.zones}
+        try:
+            forgotten = await self.conntrack.forget_stale_redirects(ports)
+        except FencedError as exc:
+            self.log.error("dns_flows_not_forgotten", error=str(exc))
+            return
+        if forgotten:
+            self.log.info("dns_flows_forgotten", flows=forgotten)
+
     async def _retire_gateways(self, cfg: Config) -> None:
         """After a reload went in: reconfigure kept gateways, stop those no longer wanted."""
         wanted = {p.name: p for p in cfg.policies if p.dns == "gateway"}
@@ -633,6 +662,7 @@ async def run_daemon(
         monitor_factory=NftMonitor,
         notifier=Notifier.from_env(),
         log_level=log_level,
+        conntrack=KernelConntrack(),
     )
     await daemon.run()
 

@@ -17,6 +17,11 @@ Kinds and their ``outcome`` values (every failure also carries ``errno`` when on
   "answer" (with ``rcode``, ``addresses``, ``answers``, ``tc``, ``transport``), or the
   transport failure ("timeout", "refused", "denied", "unreachable", "error: ...").
   A truncated UDP answer is retried over TCP unless ``--no-fallback``.
+- ``dnsloop NAME --sport P [--server IP] [--count N] [--interval S]``: one UDP socket bound
+  to source port P and connected to the server (a stub that keeps its socket) asks for
+  NAME's A record every S seconds (``--timeout`` per query), N times, printing one JSON
+  line per query: ``seq``, ``sent`` (wall clock), and ``outcome`` "answer" (with
+  ``rcode``, ``addresses``) or the failure ("timeout", "refused", ...).
 - ``listen tcp|udp PORT [--bind ADDR ...]``: prints ``{"outcome": "listening"}`` once bound,
   then serves echo (and WHO) until SIGTERM, printing one JSON event line per connection or
   datagram (``{"event": "accepted"|"datagram", ...}``).
@@ -363,6 +368,38 @@ def probe_dns(
     return res
 
 
+def run_dnsloop(
+    name: str, *, server: str, sport: int, count: int, interval: float, timeout: float
+) -> None:
+    """Ask for ``name`` from one socket on source port ``sport``; see the module docstring."""
+    with socket.socket(_family(server), socket.SOCK_DGRAM) as s:
+        _recverr(s)
+        s.bind(("::" if s.family == socket.AF_INET6 else "0.0.0.0", sport))
+        s.connect((server, 53))
+        start = time.monotonic()
+        for seq in range(count):
+            time.sleep(max(start + seq * interval - time.monotonic(), 0.0))
+            res: Result = {"kind": "dnsloop", "seq": seq, "sent": time.time()}
+            q = dns.message.make_query(name, "A", use_edns=0, payload=1232)
+            deadline = time.monotonic() + timeout
+            try:
+                s.send(q.to_wire())
+                while True:
+                    s.settimeout(max(deadline - time.monotonic(), 0.001))
+                    try:
+                        r = dns.message.from_wire(s.recv(65535))
+                    except dns.exception.DNSException:
+                        continue
+                    if q.is_response(r):
+                        break
+            except OSError as e:
+                _emit(_fail(res, e))
+                continue
+            addresses = [rd.to_text() for rrset in r.answer for rd in rrset if rrset.rdtype == 1]
+            res |= {"outcome": "answer", "rcode": dns.rcode.to_text(r.rcode())}
+            _emit(res | {"addresses": addresses})
+
+
 def run_listen(proto: str, port: int, binds: list[str]) -> Result:
     """Serve echo on ``port`` until SIGTERM, printing "listening" then one line per event."""
 
@@ -478,6 +515,12 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--no-fallback", action="store_true")
     d.add_argument("--edns", type=int, default=None)
     d.add_argument("--port", type=int, default=53)
+    lp = sub.add_parser("dnsloop")
+    lp.add_argument("name")
+    lp.add_argument("--server", default=RESOLVER_V4)
+    lp.add_argument("--sport", type=int, required=True)
+    lp.add_argument("--count", type=int, default=10)
+    lp.add_argument("--interval", type=float, default=1.0)
     ls = sub.add_parser("listen")
     ls.add_argument("proto", choices=("tcp", "udp"))
     ls.add_argument("port", type=int)
@@ -522,6 +565,15 @@ def main(argv: list[str] | None = None) -> int:
             _emit(res)
     elif args.kind == "hold":
         run_hold(args.host, args.port, args.timeout)
+    elif args.kind == "dnsloop":
+        run_dnsloop(
+            args.name,
+            server=args.server,
+            sport=args.sport,
+            count=args.count,
+            interval=args.interval,
+            timeout=args.timeout,
+        )
     return 0
 
 

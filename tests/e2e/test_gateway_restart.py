@@ -9,19 +9,84 @@ import time
 import pytest
 
 from tests.bed import constants as C
-from tests.bed.bed import Bed, ProbeResult
+from tests.bed.bed import Bed, ProbeResult, Proc
 from tests.bed.fenced_proc import Fenced, daemon_section, policy_section
 
 pytestmark = pytest.mark.bed
 
 NAME = "api.example.com"
 IP = C.SERVERS_V4_A[0]
+SPORT = 40053  # the stub's fixed source port
 
 
 def _config(dns: str = "gateway") -> str:
     return daemon_section(on_exit="keep", min_ttl=1, grace=5) + policy_section(
         "web", uids=[C.UID], outbound=[f"{NAME}:80/tcp"], dns=dns
     )
+
+
+def _stub(bed: Bed, server: str = C.RESOLVER_V4) -> Proc:
+    """A confined stub asking for NAME every second from one socket on a fixed source port."""
+    argv = bed.probe_argv(
+        "dnsloop", NAME, "--server", server, "--sport", SPORT, "--count", 60, timeout=0.8
+    )
+    return bed.spawn(argv, uid=C.UID, stdin=False, label="stub")
+
+
+def _queries_until(stub: Proc, until: float) -> list[ProbeResult]:
+    """The stub's outcomes, read until one of a query sent after ``until`` (wall clock)."""
+    seen: list[ProbeResult] = []
+    while not seen or seen[-1]["sent"] < until:
+        seen.append(stub.read_json(timeout=5.0))
+    return seen
+
+
+def _answered(r: ProbeResult) -> bool:
+    return r.outcome == "answer" and r["rcode"] == "NOERROR" and r["addresses"] == [IP]
+
+
+def _answered_stub(bed: Bed) -> tuple[Fenced, Proc]:
+    """fenced running with a gateway policy, and a stub it answered for a few seconds."""
+    bed.dns.set(NAME, "A", [IP], ttl=30)
+    fenced = Fenced(bed, _config()).start()
+    stub = _stub(bed)
+    before = _queries_until(stub, time.time() + 2.5)
+    assert all(_answered(r) for r in before), [r.data for r in before]
+    return fenced, stub
+
+
+def test_stub_keeping_its_socket_is_answered_after_a_restart(bed: Bed) -> None:
+    """A stub on a fixed source port asking every second misses only what fenced was down for."""
+    first, stub = _answered_stub(bed)
+    down = time.time()
+    first.stop(signal.SIGTERM)
+    time.sleep(1.5)
+    Fenced(bed, _config(), name="second").start()
+    up = time.time()
+    during = _queries_until(stub, up)
+    after = _queries_until(stub, up + 4.0)
+    assert all(_answered(r) for r in during if r["sent"] < down), [r.data for r in during]
+    # what the stub sent while fenced was down fails at once (refused), never hangs
+    assert all(r.outcome in ("answer", "refused") for r in during), [r.data for r in during]
+    assert len(after) >= 4
+    assert all(_answered(r) for r in after), [r.data for r in after]
+    stub.kill()
+
+
+def test_stub_keeping_its_socket_is_answered_by_a_gateway_a_reload_started(bed: Bed) -> None:
+    """gateway -> direct -> gateway by SIGHUP: the new gateway (new port) answers the same flow."""
+    fenced, stub = _answered_stub(bed)
+    fenced.reload(_config(dns="direct"))
+    direct = _queries_until(stub, time.time() + 1.5)
+    assert _answered(direct[-1]), [r.data for r in direct]  # straight from the resolver
+    fenced.reload(_config())
+    up = time.time()
+    after = _queries_until(stub, up + 4.0)
+    answered_after = [r for r in after if r["sent"] > up]
+    assert len(answered_after) >= 4
+    assert all(_answered(r) for r in answered_after), [r.data for r in after]
+    assert fenced.count("event=dns_flows_forgotten") == 1
+    stub.kill()
 
 
 def test_stopped_gateway_fails_lookups_at_once(bed: Bed) -> None:
