@@ -10,6 +10,7 @@ import pytest
 
 from tests.bed import constants as C
 from tests.bed.bed import Bed, ProbeResult, Proc
+from tests.bed.containers import add_container, container_probe
 from tests.bed.fenced_proc import Fenced, daemon_section, policy_section
 
 pytestmark = pytest.mark.bed
@@ -110,3 +111,18 @@ def test_stopped_gateway_fails_lookups_at_once(bed: Bed) -> None:
     assert r.outcome == "gaierror" and time.monotonic() - t0 < 2.5, r.data
     # unconfined processes are not redirected: their DNS still works
     assert bed.resolve(NAME, uid=C.OTHER_UID).outcome == "answer"
+
+
+def test_stopped_gateway_fails_container_lookups_at_once(bed: Bed) -> None:
+    """Forwarded subjects too: with fenced stopped (on_exit = keep) a lookup is refused at once."""
+    bed.dns.set(NAME, "A", [IP], ttl=30)
+    c = add_container(bed, "br-app", 1)
+    cfg = daemon_section(on_exit="keep") + policy_section(
+        "app", interfaces=[c.bridge], outbound=[f"{NAME}:80/tcp"], dns="gateway"
+    )
+    fenced = Fenced(bed, cfg).start()
+    assert container_probe(bed, c, "dns", NAME, "--server", C.RESOLVER_V4).outcome == "answer"
+    fenced.stop(signal.SIGTERM)
+    for tcp in ([], ["--tcp"]):
+        r = container_probe(bed, c, "dns", NAME, "--server", C.RESOLVER_V4, *tcp, timeout=1.0)
+        assert r.outcome == "refused", (tcp, r.data)
