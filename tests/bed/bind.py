@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tests.bed.bed import Bed, BedError, Proc
@@ -40,48 +40,72 @@ def _tool(argv: Sequence[str], cwd: Path) -> str:
 
 
 class SignedZone:
-    """A DNSSEC-signed zone ``origin`` with ``records`` (zone-file lines relative to it).
+    """DNSSEC-signed zones served by one named: ``origin`` with ``records``, and ``more``.
 
-    The zone gets an SOA (negative TTL :data:`NEGATIVE_TTL`) and an NS ``ns.ORIGIN`` with
-    the address :data:`BIND_V4`; each of ``records`` is a zone-file line such as
-    ``"www 60 CNAME cdn"``. Keys are ECDSA P-256 (a KSK and a ZSK).
+    ``more`` maps further zone names to their records. Each zone gets an SOA (negative
+    TTL :data:`NEGATIVE_TTL`) and an NS ``ns.ZONE`` with the address :data:`BIND_V4`;
+    each record is a zone-file line relative to its zone, such as ``"www 60 CNAME cdn"``.
+    A zone whose parent zone is also given is delegated from it (NS, glue and DS), so
+    with ``"."`` among them the whole tree validates from the root. Keys are ECDSA P-256
+    (a KSK and a ZSK per zone); ``anchor`` holds the KSK of the topmost zone.
     """
 
-    def __init__(self, bed: Bed, origin: str, records: Sequence[str]) -> None:
+    def __init__(
+        self,
+        bed: Bed,
+        origin: str,
+        records: Sequence[str],
+        more: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         self.bed = bed
-        self.origin = origin.rstrip(".")
-        self.records = list(records)
+        self.zones: dict[str, list[str]] = {_absolute(origin): list(records)}
+        for name, lines in (more or {}).items():
+            self.zones[_absolute(name)] = list(lines)
+        self.top = min(self.zones, key=lambda z: z.count("."))
         self.dir = bed.tmpdir / "bind"
         self.anchor = self.dir / "anchor.conf"
-        """The trust anchor (the KSK) for ``delv -a``, readable by every uid."""
+        """The trust anchor (the topmost zone's KSK) for ``delv -a``, readable by every uid."""
         self.proc: Proc | None = None
 
-    def _sign(self) -> Path:
+    def _sign(self) -> dict[str, Path]:
         d = self.dir
         d.mkdir(mode=0o755, exist_ok=True)
-        zone = d / f"{self.origin}.zone"
-        lines = [
-            f"$TTL {DEFAULT_TTL}",
-            f"@ SOA ns hostmaster 1 3600 600 86400 {NEGATIVE_TTL}",
-            "@ NS ns",
-            f"ns A {BIND_V4}",
-            *self.records,
-        ]
-        ksk = _tool(["dnssec-keygen", "-q", "-a", "ECDSAP256SHA256", "-f", "KSK", self.origin], d)
-        zsk = _tool(["dnssec-keygen", "-q", "-a", "ECDSAP256SHA256", self.origin], d)
-        lines += [f"$INCLUDE {ksk}.key", f"$INCLUDE {zsk}.key"]
-        zone.write_text("\n".join(lines) + "\n")
-        _tool(["dnssec-signzone", "-q", "-o", self.origin, "-f", f"{zone}.signed", str(zone)], d)
-        key = (d / f"{ksk}.key").read_text().split()
-        # "<owner> IN DNSKEY <flags> <proto> <alg> <base64...>" (after comment lines)
-        at = key.index("DNSKEY")
-        flags, proto, alg, *b64 = key[at + 1 :]
-        anchor = f'{self.origin}. static-key {flags} {proto} {alg} "{"".join(b64)}";'
-        self.anchor.write_text(f"trust-anchors {{ {anchor} }};\n")
-        self.anchor.chmod(0o644)
-        return Path(f"{zone}.signed")
+        extra: dict[str, list[str]] = {z: [] for z in self.zones}
+        signed: dict[str, Path] = {}
+        # children first: their DS records go into the parent before it is signed
+        for zone in sorted(self.zones, key=lambda z: -z.count(".")):
+            file = d / f"{zone.rstrip('.') or 'root'}.zone"
+            ksk = _tool(["dnssec-keygen", "-q", "-a", "ECDSAP256SHA256", "-f", "KSK", zone], d)
+            zsk = _tool(["dnssec-keygen", "-q", "-a", "ECDSAP256SHA256", zone], d)
+            lines = [
+                f"$ORIGIN {zone}",
+                f"$TTL {DEFAULT_TTL}",
+                f"@ SOA ns hostmaster 1 3600 600 86400 {NEGATIVE_TTL}",
+                "@ NS ns",
+                f"ns A {BIND_V4}",
+                *self.zones[zone],
+                *extra[zone],
+                f"$INCLUDE {ksk}.key",
+                f"$INCLUDE {zsk}.key",
+            ]
+            file.write_text("\n".join(lines) + "\n")
+            _tool(["dnssec-signzone", "-q", "-o", zone, "-f", f"{file}.signed", str(file)], d)
+            signed[zone] = Path(f"{file}.signed")
+            parent = _parent(zone, self.zones)
+            if parent is not None:
+                ds = _tool(["dnssec-dsfromkey", "-2", f"{ksk}.key"], d)
+                extra[parent] += [f"{zone} NS ns.{zone}", f"ns.{zone} A {BIND_V4}", ds]
+            if zone == self.top:
+                key = (d / f"{ksk}.key").read_text().split()
+                # "<owner> IN DNSKEY <flags> <proto> <alg> <base64...>" (after comments)
+                at = key.index("DNSKEY")
+                flags, proto, alg, *b64 = key[at + 1 :]
+                anchor = f'{zone} static-key {flags} {proto} {alg} "{"".join(b64)}";'
+                self.anchor.write_text(f"trust-anchors {{ {anchor} }};\n")
+                self.anchor.chmod(0o644)
+        return signed
 
-    def _config(self, signed: Path) -> Path:
+    def _config(self, signed: dict[str, Path]) -> Path:
         d = self.dir
         conf = d / "named.conf"
         conf.write_text(
@@ -96,7 +120,7 @@ class SignedZone:
             "  dnssec-validation no;\n"
             "};\n"
             "controls { };\n"
-            f'zone "{self.origin}" {{ type primary; file "{signed}"; }};\n'
+            + "".join(f'zone "{z}" {{ type primary; file "{f}"; }};\n' for z, f in signed.items())
         )
         return conf
 
@@ -116,7 +140,7 @@ class SignedZone:
         return self
 
     def _answers(self) -> bool:
-        argv = ["dig", "+short", "+time=1", "+tries=1", f"@{BIND_V4}", self.origin, "SOA"]
+        argv = ["dig", "+short", "+time=1", "+tries=1", f"@{BIND_V4}", self.top, "SOA"]
         cp = self.bed.run(argv, ns="server", timeout=10)
         return cp.returncode == 0 and bool(cp.stdout.strip())
 
@@ -125,3 +149,18 @@ class SignedZone:
         if self.proc is not None:
             self.proc.kill()
             self.proc = None
+
+
+def _absolute(name: str) -> str:
+    """``name`` with exactly one final dot (``"."`` for the root)."""
+    return name.rstrip(".") + "."
+
+
+def _parent(zone: str, zones: Mapping[str, object]) -> str | None:
+    """The closest zone of ``zones`` strictly above ``zone``, or None."""
+    labels = zone.rstrip(".").split(".") if zone != "." else []
+    for i in range(1, len(labels) + 1):
+        above = ".".join(labels[i:]) + "."
+        if above in zones:
+            return above
+    return None

@@ -137,3 +137,27 @@ def test_refused_and_ra_of_a_non_recursive_server_reach_the_client(bed: Bed) -> 
     assert "status: NOERROR" in answered.stdout, answered.stdout
     assert {"qr", "aa", "rd"} <= _flags(answered.stdout)
     assert "ra" not in _flags(answered.stdout)  # named said so; the gateway does not add it
+
+
+def test_delv_validates_a_chain_across_zones_from_the_root(bed: Bed) -> None:
+    """delv with the root's key validates www.example.com -> edge.example.net (another zone)."""
+    zone = SignedZone(
+        bed,
+        ".",
+        [],
+        {
+            "example.com": ["www 120 CNAME edge.example.net."],
+            "example.net": [f"edge 120 A {EDGE_V4}"],
+        },
+    ).start()
+    cfg = daemon_section(resolvers=[BIND_V4], min_ttl=1, grace=5) + policy_section(
+        "web", uids=[C.UID], outbound=["www.example.com:80/tcp"], deny_response="refused"
+    )
+    Fenced(bed, cfg).start()
+    delv = _as_uid(bed, ["delv", f"@{NOWHERE}", "-a", str(zone.anchor), "www.example.com", "A"])
+    out = delv.stdout + delv.stderr
+    assert delv.returncode == 0 and "; fully validated" in out, out
+    assert EDGE_V4 in out, out
+    stray = bed.resolve("other.example.net", "DS", server=NOWHERE, uid=C.UID)
+    # not an ancestor of a live name: fenced refuses it (named would say NXDOMAIN)
+    assert stray.outcome == "answer" and stray["rcode"] == "REFUSED", stray.data
