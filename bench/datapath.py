@@ -51,7 +51,8 @@ from bench.common import (
     wait_line,
 )
 from fenced.config import load
-from fenced.netlink import Element, NftNetlink, SetOp, ipv4_key
+from fenced.elements import Element, SetOp, ipv4_key
+from fenced.netlink import NftNetlink
 from fenced.ruleset import layout, script
 
 UID = 64123

@@ -65,9 +65,9 @@ from bench.common import (
 )
 from bench.zonegen import Record, parse_ttl, zone
 from fenced.config import load
+from fenced.elements import SetOp
 from fenced.firewall import KernelFirewall
 from fenced.log import Logger
-from fenced.netlink import SetOp
 from fenced.refresher import MonotonicClock, Refresher, Stats, refresh_inputs
 from fenced.resolver import Answer, DnsResolver
 from fenced.ruleset import layout, script

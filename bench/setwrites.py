@@ -25,7 +25,8 @@ import time
 from collections.abc import Sequence
 
 from bench.common import Netns, Summary, fmt, machine, mmm, table
-from fenced.netlink import Element, NftNetlink, SetOp, ipv4_key, ipv6_key
+from fenced.elements import Element, SetOp, ipv4_key, ipv6_key
+from fenced.netlink import NftNetlink
 
 TABLE = "bench"
 ACTIONS = ("add", "refresh", "delete")

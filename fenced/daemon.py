@@ -22,6 +22,7 @@ from fenced import config as config_mod
 from fenced.aio import wait_event
 from fenced.cgroups import CgroupWatcher, find_cgroup2_mount
 from fenced.conntrack import Conntrack, KernelConntrack
+from fenced.elements import Element, SetOp, Verdict, cgroup_key
 from fenced.errors import ConfigError, FencedError, FirewallError, SystemCheckError
 from fenced.firewall import OWN_NFT_PIDS, Firewall
 from fenced.gateway import Gateway, GatewayStats, Result
@@ -29,15 +30,7 @@ from fenced.http import HttpServer
 from fenced.log import Logger, log
 from fenced.metrics import Metrics, MetricsStats, TimedFirewall, TimedResolver
 from fenced.model import Config, IPAddress, LogLevel, Target
-from fenced.netlink import (
-    OWN_PORTIDS,
-    Commit,
-    Element,
-    NftMonitor,
-    SetOp,
-    Verdict,
-    cgroup_key,
-)
+from fenced.netlink import OWN_PORTIDS, Commit, NftMonitor
 from fenced.notify import Notifier
 from fenced.planner import SetTarget
 from fenced.refresher import Learned, Refresher, RefreshInputs, refresh_inputs

@@ -19,8 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from fenced.elements import DumpedElement, Element, SetOp
 from fenced.errors import FirewallError
-from fenced.netlink import DumpedElement, Element, NftNetlink, SetOp
+from fenced.netlink import NftNetlink
 from fenced.ruleset import Existing
 
 

@@ -30,7 +30,7 @@ so one ``Gateway`` serves one policy. For each query it:
   is removed, so the client never holds an address fenced did not vouch for (SRV, MX
   and other additional-section glue included: the client asks for those names itself,
   and they are judged like any other). With ``allow_private = false`` addresses that
-  :func:`fenced.planner.is_restricted` flags are removed too;
+  :func:`fenced.model.is_restricted` flags are removed too;
 * when addresses remain, awaits the injected ``learn`` hook with them and the chain's
   smallest TTL, and replies only after it returned: the firewall holds the addresses
   before the client can use them. If the hook raises or takes longer than
@@ -90,8 +90,7 @@ import dns.rrset
 
 from fenced.chains import Labels, LiveChains, ancestors, name_labels
 from fenced.log import Logger, log
-from fenced.model import DaemonConfig, IPAddress, Policy, Target
-from fenced.planner import is_restricted
+from fenced.model import DaemonConfig, IPAddress, Policy, Target, is_restricted
 from fenced.resolver import EDNS_PAYLOAD, MAX_CHAIN, forward
 
 __all__ = [

@@ -33,10 +33,9 @@ from prometheus_client.registry import Collector
 
 from fenced import __version__
 from fenced.cache import CacheEntry
+from fenced.elements import DumpedElement, SetOp
 from fenced.firewall import Firewall
 from fenced.model import Config, IPAddress
-from fenced.netlink import DumpedElement, SetOp
-from fenced.planner import is_restricted
 from fenced.refresher import Learned, NameStatus, Stats
 from fenced.resolver import Answer, Resolver
 from fenced.ruleset import Direction, Existing, denied_counter
@@ -388,7 +387,6 @@ def policy_counts(
     See :meth:`Metrics.update_policies`. Pure.
     """
     result: list[tuple[str, int, dict[int, int]]] = []
-    restricted: dict[IPAddress, bool] = {}  # each address judged once, however often listed
     gateway: dict[str, list[Iterable[IPAddress]]] = {}
     for key, entries in (learned or {}).items():
         gateway.setdefault(key.policy, []).append(entries)
@@ -398,14 +396,7 @@ def policy_counts(
             status.ips for status in (names.get(d) for d in policy.domains) if status is not None
         ]
         for source in (*held, *gateway.get(policy.name, ())):
-            for ip in source:
-                if not policy.allow_private:
-                    bad = restricted.get(ip)
-                    if bad is None:
-                        bad = restricted[ip] = is_restricted(ip)
-                    if bad:
-                        continue
-                ips.add(ip)
+            ips.update(ip for ip in source if policy.admits(ip))
         by_family = {4: 0, 6: 0}
         for ip in ips:
             by_family[ip.version] += 1

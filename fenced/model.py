@@ -6,6 +6,7 @@ the ruleset renderer, the DNS engine and the daemon only ever see them.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
@@ -23,6 +24,55 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 
 #: Protocols an outbound entry without ``/proto`` allows.
 DEFAULT_PROTOS: frozenset[Proto] = frozenset(("tcp", "udp"))
+
+
+# ------------------------------------------------------------------- restricted ranges
+_V4_RESTRICTED = tuple(
+    ipaddress.IPv4Network(n)
+    for n in (
+        "0.0.0.0/8",  # unspecified / "this network"
+        "10.0.0.0/8",  # RFC 1918
+        "100.64.0.0/10",  # CGNAT (RFC 6598)
+        "127.0.0.0/8",  # loopback
+        "169.254.0.0/16",  # link-local, incl. cloud metadata 169.254.169.254
+        "172.16.0.0/12",  # RFC 1918
+        "192.168.0.0/16",  # RFC 1918
+        "224.0.0.0/4",  # multicast
+        "255.255.255.255/32",  # limited broadcast
+    )
+)
+_V6_RESTRICTED = tuple(
+    ipaddress.IPv6Network(n)
+    for n in (
+        "::/128",  # unspecified
+        "::1/128",  # loopback
+        "fc00::/7",  # unique local, incl. metadata fd00:ec2::254
+        "fe80::/10",  # link-local
+        "ff00::/8",  # multicast
+    )
+)
+_V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def is_restricted(ip: IPAddress) -> bool:
+    """Whether ``ip`` is in a range a domain answer must not open by default.
+
+    Private, loopback, link-local, CGNAT, multicast, unspecified, broadcast or cloud
+    metadata, v4 or v6; a v4-mapped ``::ffff:a.b.c.d`` or NAT64 ``64:ff9b::a.b.c.d``
+    address is judged by its v4 part.
+
+    An explicit list, not ``ipaddress``'s ``is_private``: that one also counts the
+    documentation ranges (192.0.2.0/24, 2001:db8::/32, ...) as private. Results are
+    memoised (a pure function of the address; the memo is bounded), so callers that meet
+    the same address many times need no memo of their own.
+    """
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _V4_MAPPED or ip in _NAT64:
+            return is_restricted(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        return any(ip in net for net in _V6_RESTRICTED)
+    return any(ip in net for net in _V4_RESTRICTED)
 
 
 @dataclass(frozen=True, order=True)
@@ -109,6 +159,13 @@ class Policy:
     allow_private: bool = False
     dns: DnsMode = "gateway"
     deny_response: DenyResponse = "nxdomain"
+
+    def admits(self, ip: IPAddress) -> bool:
+        """Whether a domain answer's ``ip`` may go in this policy's sets.
+
+        Always with ``allow_private``; otherwise only when it is not :func:`is_restricted`.
+        """
+        return self.allow_private or not is_restricted(ip)
 
     @property
     def domains(self) -> tuple[str, ...]:

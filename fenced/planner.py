@@ -37,61 +37,14 @@ from dataclasses import dataclass, field
 from typing import Generic, Literal, Protocol, TypeVar
 
 from fenced.cache import Change
-from fenced.model import IPAddress
-from fenced.netlink import DumpedElement, Element, SetOp, ipv4_key, ipv6_key, key_to_ip
+from fenced.elements import DumpedElement, Element, SetOp, ipv4_key, ipv6_key, key_to_ip
+from fenced.model import IPAddress, is_restricted
 
 _Action = Literal["delete", "add", "refresh"]
 K = TypeVar("K", bound=Hashable)
 
 #: The kernel accepts element timeouts up to 2^44 ms.
 MAX_TIMEOUT_MS = (1 << 44) - 1
-
-# ------------------------------------------------------------------------------ guard
-
-_V4_RESTRICTED = tuple(
-    ipaddress.IPv4Network(n)
-    for n in (
-        "0.0.0.0/8",  # unspecified / "this network"
-        "10.0.0.0/8",  # RFC 1918
-        "100.64.0.0/10",  # CGNAT (RFC 6598)
-        "127.0.0.0/8",  # loopback
-        "169.254.0.0/16",  # link-local, incl. cloud metadata 169.254.169.254
-        "172.16.0.0/12",  # RFC 1918
-        "192.168.0.0/16",  # RFC 1918
-        "224.0.0.0/4",  # multicast
-        "255.255.255.255/32",  # limited broadcast
-    )
-)
-_V6_RESTRICTED = tuple(
-    ipaddress.IPv6Network(n)
-    for n in (
-        "::/128",  # unspecified
-        "::1/128",  # loopback
-        "fc00::/7",  # unique local, incl. metadata fd00:ec2::254
-        "fe80::/10",  # link-local
-        "ff00::/8",  # multicast
-    )
-)
-_V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-
-
-def is_restricted(ip: IPAddress) -> bool:
-    """Whether ``ip`` is in a range a domain answer must not open by default.
-
-    Private, loopback, link-local, CGNAT, multicast, unspecified, broadcast or cloud
-    metadata, v4 or v6; a v4-mapped ``::ffff:a.b.c.d`` or NAT64 ``64:ff9b::a.b.c.d``
-    address is judged by its v4 part.
-
-    An explicit list, not ``ipaddress``'s ``is_private``: that one also counts the
-    documentation ranges (192.0.2.0/24, 2001:db8::/32, ...) as private.
-    """
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip in _V4_MAPPED or ip in _NAT64:
-            return is_restricted(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-        return any(ip in net for net in _V6_RESTRICTED)
-    return any(ip in net for net in _V4_RESTRICTED)
-
 
 # ------------------------------------------------------------------------------ types
 
@@ -425,6 +378,5 @@ __all__ = [
     "Plan",
     "Planner",
     "SetTarget",
-    "is_restricted",
     "timeout_ms",
 ]

@@ -46,11 +46,11 @@ from typing import Literal, Protocol
 
 from fenced.aio import wait_event
 from fenced.cache import CacheEntry, Change, DnsCache
+from fenced.elements import DumpedElement, key_to_ip
 from fenced.errors import FirewallError
 from fenced.firewall import Firewall
 from fenced.log import Logger, log
 from fenced.model import Config, DaemonConfig, IPAddress
-from fenced.netlink import DumpedElement, key_to_ip
 from fenced.planner import Plan, Planner, SetTarget
 from fenced.resolver import Answer, Resolver
 from fenced.ruleset import DomainSet, Layout

@@ -20,7 +20,6 @@ from fenced import __version__
 from fenced.cache import CacheEntry
 from fenced.errors import HttpError
 from fenced.model import Config, IPAddress, Policy
-from fenced.planner import is_restricted
 from fenced.refresher import Learned, NameStatus
 from fenced.resolver import FAILURES
 
@@ -96,18 +95,11 @@ def _ip_docs(
     policy: Policy,
     entries: Mapping[IPAddress, CacheEntry],
     mono_now: float,
-    restricted: dict[IPAddress, bool],
 ) -> list[dict[str, object]]:
     """One document per address: time left in the sets, stale or not, in the sets or not."""
     ips: list[dict[str, object]] = []
     for ip, entry in sorted(entries.items(), key=lambda item: (item[0].version, item[0])):
-        if policy.allow_private:
-            in_set = True
-        else:
-            bad = restricted.get(ip)
-            if bad is None:
-                bad = restricted[ip] = is_restricted(ip)
-            in_set = not bad
+        in_set = policy.admits(ip)
         ips.append(
             {
                 "ip": str(ip),
@@ -125,7 +117,6 @@ def _domain_doc(
     *,
     ports: list[str],
     now: tuple[float, float],
-    restricted: dict[IPAddress, bool],
 ) -> dict[str, object]:
     mono_now, wall_now = now
 
@@ -159,7 +150,7 @@ def _domain_doc(
             }
     doc["next_refresh"] = wall(ns.next_due) if ns.next_due is not None else None
     doc["resolving"] = ns.in_flight
-    doc["ips"] = _ip_docs(policy, ns.ips, mono_now, restricted)
+    doc["ips"] = _ip_docs(policy, ns.ips, mono_now)
     return doc
 
 
@@ -168,7 +159,6 @@ def _learned_doc(
     entries: Mapping[IPAddress, CacheEntry],
     *,
     now: tuple[float, float],
-    restricted: dict[IPAddress, bool],
 ) -> dict[str, object]:
     """One name a gateway answer gave: when it was last answered, its TTL, its addresses."""
     mono_now, wall_now = now
@@ -176,7 +166,7 @@ def _learned_doc(
     return {
         "last_answer": _r(wall_now + (max(seen) - mono_now)) if seen else None,
         "ttl": _ttl(entries),
-        "ips": _ip_docs(policy, entries, mono_now, restricted),
+        "ips": _ip_docs(policy, entries, mono_now),
     }
 
 
@@ -218,7 +208,6 @@ def build_status(
         "error": state.last_reload_error,
     }
     policies: dict[str, object] = {}
-    restricted: dict[IPAddress, bool] = {}  # each address judged once, however often listed
     by_policy: dict[str, dict[str, Mapping[IPAddress, CacheEntry]]] = {}
     for key, entries in (learned or {}).items():
         if entries:
@@ -250,13 +239,12 @@ def build_status(
                     names.get(d),
                     ports=sorted(ports.get(d, ())),
                     now=(mono_now, wall_now),
-                    restricted=restricted,
                 )
                 for d in p.domains
             },
             "wildcards": list(p.wildcards),
             "learned": {
-                name: _learned_doc(p, entries, now=(mono_now, wall_now), restricted=restricted)
+                name: _learned_doc(p, entries, now=(mono_now, wall_now))
                 for name, entries in sorted(by_policy.get(p.name, {}).items())
             },
         }

@@ -23,11 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from fenced.errors import FirewallError, TransactionError
-from fenced.netlink import (
+from fenced.elements import (
     DumpedElement,
     Element,
-    NftNetlink,
     SetOp,
     Verdict,
     cgroup_key,
@@ -36,6 +34,8 @@ from fenced.netlink import (
     key_to_ip,
     uid_key,
 )
+from fenced.errors import FirewallError, TransactionError
+from fenced.netlink import NftNetlink
 
 pytestmark = [
     pytest.mark.bed,

@@ -16,10 +16,10 @@ import pytest
 from fenced import config as config_mod
 from fenced.cgroups import find_cgroup2_mount
 from fenced.daemon import Daemon
+from fenced.elements import key_to_ip
 from fenced.firewall import KernelFirewall
 from fenced.log import Logger
 from fenced.model import Config
-from fenced.netlink import key_to_ip
 from fenced.resolver import Answer, FakeResolver
 from fenced.ruleset import layout, script
 

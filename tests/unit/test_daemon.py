@@ -26,10 +26,11 @@ import pytest
 
 from fenced import config as config_mod
 from fenced.daemon import Daemon
+from fenced.elements import key_to_ip
 from fenced.firewall import FakeFirewall
 from fenced.log import Logger
 from fenced.model import Config, IPAddress
-from fenced.netlink import Commit, key_to_ip
+from fenced.netlink import Commit
 from fenced.resolver import Answer, DnsResolver, FakeResolver
 
 TABLE = "fenced"

@@ -14,11 +14,11 @@ from prometheus_client import REGISTRY
 
 from fenced import __version__
 from fenced.cache import CacheEntry
+from fenced.elements import Element, SetOp, ipv4_key
 from fenced.errors import FirewallError
 from fenced.firewall import FakeFirewall
 from fenced.metrics import Metrics, MetricsStats, TimedFirewall, TimedResolver, policy_counts
 from fenced.model import Config, DaemonConfig, IPAddress, Policy, PortSpec, Target
-from fenced.netlink import Element, SetOp, ipv4_key
 from fenced.refresher import FakeClock, Learned, NameStatus, Refresher, refresh_inputs
 from fenced.resolver import Answer, FakeResolver
 from fenced.ruleset import layout, script

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 import pytest
 
 from fenced.cache import DnsCache
-from fenced.netlink import DumpedElement, SetOp, ipv4_key, ipv6_key
-from fenced.planner import Plan, Planner, SetTarget, is_restricted, timeout_ms
+from fenced.elements import DumpedElement, SetOp, ipv4_key, ipv6_key
+from fenced.model import is_restricted
+from fenced.planner import Plan, Planner, SetTarget, timeout_ms
 
 A = ipaddress.IPv4Address("192.0.2.1")
 B = ipaddress.IPv4Address("192.0.2.2")

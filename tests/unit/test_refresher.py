@@ -17,11 +17,11 @@ import random
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from fenced.elements import DumpedElement, Element, SetOp, ipv4_key, key_to_ip
 from fenced.errors import FirewallError
 from fenced.firewall import FakeFirewall
 from fenced.log import Logger
 from fenced.model import Config, DaemonConfig, IPAddress, Policy, PortSpec, Target
-from fenced.netlink import DumpedElement, Element, SetOp, ipv4_key, key_to_ip
 from fenced.planner import SetTarget
 from fenced.refresher import FakeClock, Refresher, RefreshInputs, refresh_inputs
 from fenced.resolver import Answer, FakeResolver
