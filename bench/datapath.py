@@ -10,7 +10,7 @@ configuration each, loaded once:
 ``none``
     no nftables table at all (no conntrack either).
 ``fenced``
-    fenced's real ruleset (``fenced.ruleset.script`` for a policy confining uid 64123
+    fenced's real ruleset (``fenced.core.ruleset.script`` for a policy confining uid 64123
     with one domain entry, ports 5001-5002/tcp), its domain set filled over netlink
     (``NftNetlink``) with N addresses: N-1 fillers from 240.0.0.0/4 plus the server's.
 ``linear``
@@ -51,9 +51,9 @@ from bench.common import (
     wait_line,
 )
 from fenced.config import load
-from fenced.elements import Element, SetOp, ipv4_key
-from fenced.netlink import NftNetlink
-from fenced.ruleset import layout, script
+from fenced.core.elements import Element, SetOp, ipv4_key
+from fenced.core.ruleset import layout, script
+from fenced.kernel.netlink import NftNetlink
 
 UID = 64123
 PORT = 5001

@@ -12,7 +12,7 @@ in alternating order, one after the other, against the same server:
 ``fenced``
     The real code path, instrumented: the generated TOML policy (one ``outbound`` entry
     per name) read by ``fenced.config.load``, its ruleset installed with ``nft -f``
-    (``KernelFirewall.install``), then ``fenced.refresher.Refresher`` with
+    (``KernelFirewall.install``), then ``fenced.dns.refresher.Refresher`` with
     ``DnsResolver`` (UDP, dnspython) and ``KernelFirewall`` (netlink writes), exactly as
     ``fenced run`` wires them (``min_ttl = 1``). Thin wrappers only record times: the
     *lag* is what the refresher itself reports (``Stats.refresh_lag``: how late a lookup
@@ -65,12 +65,12 @@ from bench.common import (
 )
 from bench.zonegen import Record, parse_ttl, zone
 from fenced.config import load
-from fenced.elements import SetOp
-from fenced.firewall import KernelFirewall
+from fenced.core.elements import SetOp
+from fenced.core.ruleset import layout, script
+from fenced.dns.refresher import MonotonicClock, Refresher, Stats, refresh_inputs
+from fenced.dns.resolver import Answer, DnsResolver
+from fenced.kernel.firewall import KernelFirewall
 from fenced.log import Logger
-from fenced.refresher import MonotonicClock, Refresher, Stats, refresh_inputs
-from fenced.resolver import Answer, DnsResolver
-from fenced.ruleset import layout, script
 
 SERVER = "192.0.2.53"
 CLIENT = "192.0.2.2"

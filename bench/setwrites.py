@@ -4,7 +4,7 @@
     python -m bench.setwrites --smoke
 
 For every size, family (IPv4, IPv6) and action (add, refresh, delete) each repetition
-times one transaction of N elements written by ``fenced.netlink.NftNetlink.apply`` and
+times one transaction of N elements written by ``fenced.kernel.netlink.NftNetlink.apply`` and
 the same N elements loaded by ``nft -f -`` (run with ``nsenter`` in the namespace), in
 alternating order. Every element carries its own timeout in milliseconds (60 s plus
 0-996 ms), as the planner writes them. The clock covers what a caller pays from a list of
@@ -25,8 +25,8 @@ import time
 from collections.abc import Sequence
 
 from bench.common import Netns, Summary, fmt, machine, mmm, table
-from fenced.elements import Element, SetOp, ipv4_key, ipv6_key
-from fenced.netlink import NftNetlink
+from fenced.core.elements import Element, SetOp, ipv4_key, ipv6_key
+from fenced.kernel.netlink import NftNetlink
 
 TABLE = "bench"
 ACTIONS = ("add", "refresh", "delete")

@@ -15,13 +15,13 @@ from collections.abc import Sequence
 
 from fenced import __version__
 from fenced import config as config_mod
+from fenced.core.model import Config
+from fenced.core.ruleset import layout, script
 from fenced.daemon import run_daemon
 from fenced.errors import ConfigError, FirewallError, HttpError, SystemCheckError
-from fenced.firewall import KernelFirewall
+from fenced.kernel.firewall import KernelFirewall
 from fenced.log import log, route_library_logs
-from fenced.model import Config
-from fenced.ruleset import layout, script
-from fenced.status import DEFAULT_URL, fetch_status, format_status
+from fenced.ops.status import DEFAULT_URL, fetch_status, format_status
 
 DEFAULT_CONFIG = config_mod.DEFAULT_PATH
 #: First stand-in port ``fenced render`` shows for the DNS gateways (real ones are chosen

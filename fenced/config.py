@@ -1,4 +1,4 @@
-"""Read and validate fenced's policy files into a :class:`fenced.model.Config`.
+"""Read and validate fenced's policy files into a :class:`fenced.core.model.Config`.
 
 The configuration is the main file (``/etc/fenced/fenced.toml`` unless ``-c PATH``) plus
 every ``*.toml`` in the folder ``fenced.d/`` beside it, read in name order. The work is
@@ -31,8 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime, time
 from typing import Final, TypeVar
 
-from fenced.errors import ConfigError, ConfigProblem
-from fenced.model import (
+from fenced.core.model import (
     DEFAULT_PROTOS,
     Config,
     DaemonConfig,
@@ -50,6 +49,7 @@ from fenced.model import (
     Proto,
     Target,
 )
+from fenced.errors import ConfigError, ConfigProblem
 
 __all__ = [
     "DEFAULT_PATH",
@@ -178,7 +178,7 @@ def parse_outbound(text: str) -> Target:
 
     PORTS is a comma list of ``N`` or ``N-M`` (1-65535), returned sorted and merged; no
     PORTS means every port (``ports == ()``). PROTO is ``tcp``, ``udp`` or ``icmp``; no
-    PROTO means :data:`~fenced.model.DEFAULT_PROTOS` (``("tcp", "udp")``). ``icmp`` takes
+    PROTO means :data:`~fenced.core.model.DEFAULT_PROTOS` (``("tcp", "udp")``). ``icmp`` takes
     no ports and covers ICMP and ICMPv6.
 
     ``Target.text`` is ``text`` unchanged. Raises ``ValueError`` with the reason when the

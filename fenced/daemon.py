@@ -20,23 +20,23 @@ from pathlib import Path
 
 from fenced import config as config_mod
 from fenced.aio import wait_event
-from fenced.cgroups import CgroupWatcher, find_cgroup2_mount
-from fenced.conntrack import Conntrack, KernelConntrack
-from fenced.elements import Element, SetOp, Verdict, cgroup_key
+from fenced.core.elements import Element, SetOp, Verdict, cgroup_key
+from fenced.core.model import Config, IPAddress, LogLevel, Target
+from fenced.core.planner import SetTarget
+from fenced.core.ruleset import Layout, cgroup_elements, delete_chains_script, layout, script
+from fenced.dns.gateway import Gateway, GatewayStats, Result
+from fenced.dns.refresher import Learned, Refresher, RefreshInputs, refresh_inputs
+from fenced.dns.resolver import DnsResolver, Resolver
 from fenced.errors import ConfigError, FencedError, FirewallError, SystemCheckError
-from fenced.firewall import OWN_NFT_PIDS, Firewall
-from fenced.gateway import Gateway, GatewayStats, Result
-from fenced.http import HttpServer
+from fenced.kernel.cgroups import CgroupWatcher, find_cgroup2_mount
+from fenced.kernel.conntrack import Conntrack, KernelConntrack
+from fenced.kernel.firewall import OWN_NFT_PIDS, Firewall
+from fenced.kernel.netlink import OWN_PORTIDS, Commit, NftMonitor
 from fenced.log import Logger, log
-from fenced.metrics import Metrics, MetricsStats, TimedFirewall, TimedResolver
-from fenced.model import Config, IPAddress, LogLevel, Target
-from fenced.netlink import OWN_PORTIDS, Commit, NftMonitor
-from fenced.notify import Notifier
-from fenced.planner import SetTarget
-from fenced.refresher import Learned, Refresher, RefreshInputs, refresh_inputs
-from fenced.resolver import DnsResolver, Resolver
-from fenced.ruleset import Layout, cgroup_elements, delete_chains_script, layout, script
-from fenced.status import build_status
+from fenced.ops.http import HttpServer
+from fenced.ops.metrics import Metrics, MetricsStats, TimedFirewall, TimedResolver
+from fenced.ops.notify import Notifier
+from fenced.ops.status import build_status
 
 CAP_NET_ADMIN = 12
 

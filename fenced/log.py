@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable
 from typing import Final, TextIO
 
-from fenced.model import LogLevel
+from fenced.core.model import LogLevel
 
 #: Each level's rank; the numbers are the standard ``logging`` module's.
 _LEVELS: Final[dict[str, int]] = {

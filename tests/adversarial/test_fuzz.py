@@ -35,9 +35,9 @@ from fenced.config import (
     parse_listen,
     parse_outbound,
 )
+from fenced.dns.resolver import FAILURES, Status, _chase, _combine, _fast_parse, _judge, _Part
 from fenced.errors import ConfigError
-from fenced.netlink import NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFT_MSG_NEWGEN, CommitParser
-from fenced.resolver import FAILURES, Status, _chase, _combine, _fast_parse, _judge, _Part
+from fenced.kernel.netlink import NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFT_MSG_NEWGEN, CommitParser
 
 pytestmark = pytest.mark.bed
 
@@ -434,7 +434,7 @@ def test_fuzz_dns_wire_bytes(msg: dns.message.Message, flips: list[tuple[int, in
         parsed = dns.message.from_wire(bytes(wire))
     except (dns.exception.DNSException, ValueError, UnicodeError):
         return
-    # ValueError and AttributeError are what fenced.resolver._ask turns into "error".
+    # ValueError and AttributeError are what fenced.dns.resolver._ask turns into "error".
     with contextlib.suppress(ValueError, AttributeError):
         _chase_both(parsed)
 

@@ -1,4 +1,4 @@
-"""fenced.netlink against the real kernel, each test in a network namespace of its own.
+"""fenced.kernel.netlink against the real kernel, each test in a network namespace of its own.
 
 The host's ruleset is never touched: every test creates ``fdn-<pid>-<n>`` with
 ``ip netns add``, loads its tables with ``nsenter --net=... nft -f -`` and opens the netlink
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from fenced.elements import (
+from fenced.core.elements import (
     DumpedElement,
     Element,
     SetOp,
@@ -35,7 +35,7 @@ from fenced.elements import (
     uid_key,
 )
 from fenced.errors import FirewallError, TransactionError
-from fenced.netlink import NftNetlink
+from fenced.kernel.netlink import NftNetlink
 
 pytestmark = [
     pytest.mark.bed,

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from fenced import config as config_mod
-from fenced.cgroups import find_cgroup2_mount
+from fenced.core.elements import key_to_ip
+from fenced.core.model import Config
+from fenced.core.ruleset import layout, script
 from fenced.daemon import Daemon
-from fenced.elements import key_to_ip
-from fenced.firewall import KernelFirewall
+from fenced.dns.resolver import Answer, FakeResolver
+from fenced.kernel.cgroups import find_cgroup2_mount
+from fenced.kernel.firewall import KernelFirewall
 from fenced.log import Logger
-from fenced.model import Config
-from fenced.resolver import Answer, FakeResolver
-from fenced.ruleset import layout, script
 
 pytestmark = pytest.mark.bed
 

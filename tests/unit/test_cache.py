@@ -1,4 +1,4 @@
-"""Unit tests of the per-key, per-IP DNS cache (fenced.cache)."""
+"""Unit tests of the per-key, per-IP DNS cache (fenced.core.cache)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from fenced.cache import Change, DnsCache
-from fenced.model import IPAddress
+from fenced.core.cache import Change, DnsCache
+from fenced.core.model import IPAddress
 
 A = ipaddress.ip_address("192.0.2.1")
 B = ipaddress.ip_address("192.0.2.2")

@@ -1,9 +1,9 @@
-"""Unit tests of the live CNAME chains (fenced.chains): pure state given the time."""
+"""Unit tests of the live CNAME chains (fenced.core.chains): pure state given the time."""
 
 from __future__ import annotations
 
-from fenced.chains import LiveChains, ancestors, name_labels
 from fenced.config import parse_outbound
+from fenced.core.chains import LiveChains, ancestors, name_labels
 
 WWW = parse_outbound("www.example.com:443/tcp")
 API = parse_outbound("api.example.com:80/tcp")

@@ -13,11 +13,11 @@ import pytest
 
 import fenced.__main__ as cli
 from fenced.__main__ import main
+from fenced.core.model import LogLevel
 from fenced.daemon import Daemon
-from fenced.firewall import FakeFirewall
+from fenced.dns.resolver import FakeResolver
+from fenced.kernel.firewall import FakeFirewall
 from fenced.log import Logger, log
-from fenced.model import LogLevel
-from fenced.resolver import FakeResolver
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config" / "fenced.toml"

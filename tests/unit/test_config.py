@@ -21,8 +21,8 @@ from fenced.config import (
     parse_outbound,
     resolv_conf_nameservers,
 )
+from fenced.core.model import Config, DaemonConfig, PortRange, PortSpec, Proto
 from fenced.errors import ConfigError, ConfigProblem
-from fenced.model import Config, DaemonConfig, PortRange, PortSpec, Proto
 
 REPO = Path(__file__).resolve().parents[2]
 

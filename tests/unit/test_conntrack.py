@@ -7,12 +7,12 @@ import socket
 from collections.abc import Mapping
 from pathlib import Path
 
-from fenced.conntrack import DnsFlow, FakeConntrack, stale_redirects
 from fenced.daemon import Daemon
+from fenced.dns.resolver import Answer, FakeResolver
 from fenced.errors import FirewallError
-from fenced.firewall import FakeFirewall
+from fenced.kernel.conntrack import DnsFlow, FakeConntrack, stale_redirects
+from fenced.kernel.firewall import FakeFirewall
 from fenced.log import Logger
-from fenced.resolver import Answer, FakeResolver
 
 UDP, TCP = socket.IPPROTO_UDP, socket.IPPROTO_TCP
 

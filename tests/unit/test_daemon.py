@@ -25,13 +25,13 @@ import dns.rrset
 import pytest
 
 from fenced import config as config_mod
+from fenced.core.elements import key_to_ip
+from fenced.core.model import Config, IPAddress
 from fenced.daemon import Daemon
-from fenced.elements import key_to_ip
-from fenced.firewall import FakeFirewall
+from fenced.dns.resolver import Answer, DnsResolver, FakeResolver
+from fenced.kernel.firewall import FakeFirewall
+from fenced.kernel.netlink import Commit
 from fenced.log import Logger
-from fenced.model import Config, IPAddress
-from fenced.netlink import Commit
-from fenced.resolver import Answer, DnsResolver, FakeResolver
 
 TABLE = "fenced"
 

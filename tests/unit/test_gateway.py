@@ -1,4 +1,4 @@
-"""Unit tests of the DNS gateway (fenced.gateway) against an in-process upstream server."""
+"""Unit tests of the DNS gateway (fenced.dns.gateway) against an in-process upstream server."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ import dns.rrset
 import pytest
 
 from fenced.config import parse_outbound
-from fenced.gateway import Gateway, GatewayStats, NameMatcher
-from fenced.model import DaemonConfig, IPAddress, Policy, Target
-from fenced.resolver import forward
+from fenced.core.model import DaemonConfig, IPAddress, Policy, Target
+from fenced.dns.gateway import Gateway, GatewayStats, NameMatcher
+from fenced.dns.resolver import forward
 
 # ------------------------------------------------------------------------------ upstream
 

@@ -1,4 +1,4 @@
-"""Unit tests of fenced.http: the three endpoints, routing, counters, binding. 127.0.0.1 only."""
+"""Unit tests of fenced.ops.http: the three endpoints, routing, counters, binding (127.0.0.1)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 
 from fenced.errors import HttpError
-from fenced.http import HttpServer, split_listen
 from fenced.log import Logger
-from fenced.metrics import Metrics
+from fenced.ops.http import HttpServer, split_listen
+from fenced.ops.metrics import Metrics
 
 DOC: dict[str, object] = {"version": "test", "policies": {"web": {"mode": "enforce"}}}
 

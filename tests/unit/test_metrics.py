@@ -1,4 +1,4 @@
-"""Unit tests of fenced.metrics: values move, own registry, adapters, promtool-clean output."""
+"""Unit tests of fenced.ops.metrics: values move, own registry, adapters, promtool-clean output."""
 
 from __future__ import annotations
 
@@ -13,15 +13,15 @@ import pytest
 from prometheus_client import REGISTRY
 
 from fenced import __version__
-from fenced.cache import CacheEntry
-from fenced.elements import Element, SetOp, ipv4_key
+from fenced.core.cache import CacheEntry
+from fenced.core.elements import Element, SetOp, ipv4_key
+from fenced.core.model import Config, DaemonConfig, IPAddress, Policy, PortSpec, Target
+from fenced.core.ruleset import layout, script
+from fenced.dns.refresher import FakeClock, Learned, NameStatus, Refresher, refresh_inputs
+from fenced.dns.resolver import Answer, FakeResolver
 from fenced.errors import FirewallError
-from fenced.firewall import FakeFirewall
-from fenced.metrics import Metrics, MetricsStats, TimedFirewall, TimedResolver, policy_counts
-from fenced.model import Config, DaemonConfig, IPAddress, Policy, PortSpec, Target
-from fenced.refresher import FakeClock, Learned, NameStatus, Refresher, refresh_inputs
-from fenced.resolver import Answer, FakeResolver
-from fenced.ruleset import layout, script
+from fenced.kernel.firewall import FakeFirewall
+from fenced.ops.metrics import Metrics, MetricsStats, TimedFirewall, TimedResolver, policy_counts
 
 A = ipaddress.IPv4Address("192.0.2.1")
 B = ipaddress.ip_address("192.0.2.2")

@@ -1,4 +1,4 @@
-"""Unit tests of fenced.notify against real AF_UNIX datagram sockets.
+"""Unit tests of fenced.ops.notify against real AF_UNIX datagram sockets.
 
 Each test binds a receiver where systemd's would be (a path in tmp_path, or a name in
 the abstract namespace), points a Notifier at it the way systemd does (through the
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from fenced.log import Logger
-from fenced.notify import Notifier, parse_socket_address, parse_watchdog_usec
+from fenced.ops.notify import Notifier, parse_socket_address, parse_watchdog_usec
 
 
 @pytest.fixture

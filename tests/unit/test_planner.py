@@ -1,4 +1,4 @@
-"""Unit tests of the set-write planner (fenced.planner)."""
+"""Unit tests of the set-write planner (fenced.core.planner)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from fenced.cache import DnsCache
-from fenced.elements import DumpedElement, SetOp, ipv4_key, ipv6_key
-from fenced.model import is_restricted
-from fenced.planner import Plan, Planner, SetTarget, timeout_ms
+from fenced.core.cache import DnsCache
+from fenced.core.elements import DumpedElement, SetOp, ipv4_key, ipv6_key
+from fenced.core.model import is_restricted
+from fenced.core.planner import Plan, Planner, SetTarget, timeout_ms
 
 A = ipaddress.IPv4Address("192.0.2.1")
 B = ipaddress.IPv4Address("192.0.2.2")

@@ -1,4 +1,4 @@
-"""Unit tests of the DNS refresh engine (fenced.refresher) on a fake clock.
+"""Unit tests of the DNS refresh engine (fenced.dns.refresher) on a fake clock.
 
 ``KernelSim`` is ``FakeFirewall`` plus what the kernel does with time: elements time out
 (and then count as missing, so deleting one fails the batch), ``add`` of an existing
@@ -17,15 +17,15 @@ import random
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from fenced.elements import DumpedElement, Element, SetOp, ipv4_key, key_to_ip
+from fenced.core.elements import DumpedElement, Element, SetOp, ipv4_key, key_to_ip
+from fenced.core.model import Config, DaemonConfig, IPAddress, Policy, PortSpec, Target
+from fenced.core.planner import SetTarget
+from fenced.core.ruleset import layout
+from fenced.dns.refresher import FakeClock, Refresher, RefreshInputs, refresh_inputs
+from fenced.dns.resolver import Answer, FakeResolver
 from fenced.errors import FirewallError
-from fenced.firewall import FakeFirewall
+from fenced.kernel.firewall import FakeFirewall
 from fenced.log import Logger
-from fenced.model import Config, DaemonConfig, IPAddress, Policy, PortSpec, Target
-from fenced.planner import SetTarget
-from fenced.refresher import FakeClock, Refresher, RefreshInputs, refresh_inputs
-from fenced.resolver import Answer, FakeResolver
-from fenced.ruleset import layout
 
 TABLE = "fenced"
 A = ipaddress.ip_address("192.0.2.1")

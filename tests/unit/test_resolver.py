@@ -1,4 +1,4 @@
-"""Unit tests of the DNS resolver (fenced.resolver) against an in-process DNS server."""
+"""Unit tests of the DNS resolver (fenced.dns.resolver) against an in-process DNS server."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fenced.resolver import (
+from fenced.dns.resolver import (
     Answer,
     DnsResolver,
     FakeResolver,
@@ -763,7 +763,7 @@ async def test_truncated_goes_to_tcp_only() -> None:
 
 async def test_socket_rotation(monkeypatch: pytest.MonkeyPatch) -> None:
     """A socket is replaced after ROTATE_QUERIES queries (new random source port)."""
-    monkeypatch.setattr("fenced.resolver.ROTATE_QUERIES", 3)
+    monkeypatch.setattr("fenced.dns.resolver.ROTATE_QUERIES", 3)
     async with raw_server(lambda q: [_good(q)]) as (port, proto):
         r = _resolver(port)
         for i in range(12):

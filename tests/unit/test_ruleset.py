@@ -1,4 +1,4 @@
-"""Unit tests of the pure ruleset renderer (fenced.ruleset)."""
+"""Unit tests of the pure ruleset renderer (fenced.core.ruleset)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import ipaddress
 
 import pytest
 
-from fenced.errors import TransactionError
-from fenced.model import Config, DaemonConfig, Listen, Policy, PortRange, PortSpec, Target
-from fenced.ruleset import (
+from fenced.core.model import Config, DaemonConfig, Listen, Policy, PortRange, PortSpec, Target
+from fenced.core.ruleset import (
     ZONE_BASE,
     ZONE_SPAN,
     Existing,
@@ -19,6 +18,7 @@ from fenced.ruleset import (
     policy_chain,
     script,
 )
+from fenced.errors import TransactionError
 
 TCP443 = PortSpec(("tcp",), (PortRange(443, 443),))
 TCPUDP = PortSpec(("tcp", "udp"), ())

@@ -1,4 +1,4 @@
-"""Unit tests of the status document (fenced.status) and ``fenced status``. 127.0.0.1 only."""
+"""Unit tests of the status document (fenced.ops.status) and ``fenced status``. 127.0.0.1 only."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 
 from fenced.__main__ import main
-from fenced.cache import CacheEntry
+from fenced.core.cache import CacheEntry
+from fenced.core.model import Config, DaemonConfig, Listen, Policy, PortRange, PortSpec, Target
 from fenced.daemon import State
-from fenced.http import HttpServer
+from fenced.dns.refresher import Learned, NameStatus
 from fenced.log import Logger
-from fenced.metrics import Metrics
-from fenced.model import Config, DaemonConfig, Listen, Policy, PortRange, PortSpec, Target
-from fenced.refresher import Learned, NameStatus
-from fenced.status import build_status, duration, format_status, status_url
+from fenced.ops.http import HttpServer
+from fenced.ops.metrics import Metrics
+from fenced.ops.status import build_status, duration, format_status, status_url
 
 A = ipaddress.ip_address("192.0.2.10")
 V6 = ipaddress.ip_address("2001:db8::10")

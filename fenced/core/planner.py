@@ -3,7 +3,7 @@
 The planner keeps a *mirror* of fenced's domain sets in the kernel, ``{set: {ip:
 expiry}}``, where ``expiry`` is when the kernel will drop the element by itself (the
 timeout it was written with, counted from the ``now`` of the plan). Given a cache view,
-a ``sets_for(key)`` function and a :class:`~fenced.cache.Change`, it computes for every
+a ``sets_for(key)`` function and a :class:`~fenced.core.cache.Change`, it computes for every
 touched (set, IP) pair the expiry the set should give the IP:
 
     the latest expiry among the keys that hold the IP and map to the set, or none when
@@ -23,7 +23,7 @@ and plans the difference as ``SetOp`` s:
 The mirror changes only in :meth:`Planner.commit`, called once the write succeeded; until
 then every planned pair stays *dirty* and is planned again next time, so a failed write is
 never forgotten. Nothing here reads a clock or does I/O; times are seconds of a monotonic
-clock. Splitting big batches for netlink's 64 KiB limit is ``fenced.netlink``'s job.
+clock. Splitting big batches for netlink's 64 KiB limit is ``fenced.kernel.netlink``'s job.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Literal, Protocol, TypeVar
 
-from fenced.cache import Change
-from fenced.elements import DumpedElement, Element, SetOp, ipv4_key, ipv6_key, key_to_ip
-from fenced.model import IPAddress, is_restricted
+from fenced.core.cache import Change
+from fenced.core.elements import DumpedElement, Element, SetOp, ipv4_key, ipv6_key, key_to_ip
+from fenced.core.model import IPAddress, is_restricted
 
 _Action = Literal["delete", "add", "refresh"]
 K = TypeVar("K", bound=Hashable)
@@ -63,7 +63,7 @@ class SetTarget:
 
 
 class CacheView(Protocol[K]):
-    """The read side of a :class:`~fenced.cache.DnsCache` the planner needs."""
+    """The read side of a :class:`~fenced.core.cache.DnsCache` the planner needs."""
 
     def sources(self) -> Iterable[K]:  # pragma: no cover - protocol
         """Every key holding IPs."""

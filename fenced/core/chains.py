@@ -4,7 +4,7 @@ When the gateway answers an allowed name ``www.example.com`` with a CNAME chain
 (``www`` -> ``cdn`` -> ``edge``), stub resolvers such as ``host`` and ``nslookup`` go on
 to ask for the names on the chain themselves, and a validating stub asks for the DNSSEC
 records (DS, DNSKEY, SOA, NS) of every zone cut above them. :class:`LiveChains` remembers
-the names on such chains with the outbound entries (:class:`~fenced.model.Target`) that
+the names on such chains with the outbound entries (:class:`~fenced.core.model.Target`) that
 allowed the first name and until when each stays *live* (the chain's TTL plus grace; the
 caller computes it). A live name may be asked, any type, by the same policy; the addresses
 it resolves to open only the ports of those entries. The proper ancestors of live names
@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 import dns.exception
 import dns.name
 
-from fenced.model import Target
+from fenced.core.model import Target
 
 __all__ = ["Labels", "LiveChains", "ancestors", "name_labels"]
 

@@ -1,9 +1,9 @@
 """The DNS refresh engine: re-resolves each name when its TTL ends and keeps sets current.
 
 One task (the *loop*) owns all state: the schedule (a heap of due times), the
-:class:`~fenced.cache.DnsCache` and the :class:`~fenced.planner.Planner`. Lookups run as
+:class:`~fenced.core.cache.DnsCache` and the :class:`~fenced.core.planner.Planner`. Lookups run as
 separate tasks, at most ``max_in_flight`` at once and one per name however many policies
-list it; each hands its :class:`~fenced.resolver.Answer` back to the loop, which updates
+list it; each hands its :class:`~fenced.dns.resolver.Answer` back to the loop, which updates
 the cache, reschedules the name and, once results stop arriving (``coalesce`` seconds, or
 no lookup left in flight), writes the planned set changes in one ``Firewall.apply``
 transaction. While nothing is due the loop sleeps until the earliest due time or expiry;
@@ -45,15 +45,15 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from fenced.aio import wait_event
-from fenced.cache import CacheEntry, Change, DnsCache
-from fenced.elements import DumpedElement, key_to_ip
+from fenced.core.cache import CacheEntry, Change, DnsCache
+from fenced.core.elements import DumpedElement, key_to_ip
+from fenced.core.model import Config, DaemonConfig, IPAddress
+from fenced.core.planner import Plan, Planner, SetTarget
+from fenced.core.ruleset import DomainSet, Layout
+from fenced.dns.resolver import Answer, Resolver
 from fenced.errors import FirewallError
-from fenced.firewall import Firewall
+from fenced.kernel.firewall import Firewall
 from fenced.log import Logger, log
-from fenced.model import Config, DaemonConfig, IPAddress
-from fenced.planner import Plan, Planner, SetTarget
-from fenced.resolver import Answer, Resolver
-from fenced.ruleset import DomainSet, Layout
 
 # ------------------------------------------------------------------------------ clocks
 

@@ -25,7 +25,7 @@ from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
-from fenced.model import IPAddress
+from fenced.core.model import IPAddress
 
 K = TypeVar("K", bound=Hashable)
 

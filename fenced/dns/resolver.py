@@ -58,7 +58,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
 
-from fenced.model import IPAddress
+from fenced.core.model import IPAddress
 
 Status = Literal["ok", "nxdomain", "nodata", "servfail", "timeout", "error"]
 

@@ -2,7 +2,7 @@
 
 ``Firewall`` is the protocol the daemon uses. ``KernelFirewall`` implements it with the
 ``nft`` program for the static ruleset (one ``nft -f`` run is one kernel transaction)
-and ``fenced.netlink`` for set and map elements (fast, batched, all-or-nothing).
+and ``fenced.kernel.netlink`` for set and map elements (fast, batched, all-or-nothing).
 ``FakeFirewall`` keeps an in-memory table and applies element batches all-or-nothing with
 the kernel's rules (deleting a missing element fails the whole batch), for unit tests.
 """
@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fenced.elements import DumpedElement, Element, SetOp
+from fenced.core.elements import DumpedElement, Element, SetOp
+from fenced.core.ruleset import Existing
 from fenced.errors import FirewallError
-from fenced.netlink import NftNetlink
-from fenced.ruleset import Existing
+from fenced.kernel.netlink import NftNetlink
 
 
 class Firewall(Protocol):
@@ -191,7 +191,7 @@ class FakeTable:
 class FakeFirewall:
     """An in-memory firewall with the kernel's all-or-nothing rules, for unit tests.
 
-    ``install`` understands the scripts ``fenced.ruleset.script`` produces (declarations
+    ``install`` understands the scripts ``fenced.core.ruleset.script`` produces (declarations
     and deletions; elements of sets survive, as with ``flush table``). ``apply`` validates
     the whole batch against the current state before changing anything. Set ``fail_next``
     to make the next call raise, as a kernel error would.

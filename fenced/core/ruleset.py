@@ -35,8 +35,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from fenced.core.model import Config, IPNetwork, Policy, PortSpec
 from fenced.errors import TransactionError
-from fenced.model import Config, IPNetwork, Policy, PortSpec
 
 Family = Literal[4, 6]
 Direction = Literal["out", "in"]

@@ -7,7 +7,7 @@ server calls :meth:`Metrics.render` for ``GET /metrics``.
 
 How the refresh engine's numbers get here without changing it:
 
-* :class:`MetricsStats` is a :class:`fenced.refresher.Stats` that also feeds
+* :class:`MetricsStats` is a :class:`fenced.dns.refresher.Stats` that also feeds
   :class:`Metrics` (refresh lag, capped names, dropped private addresses, elements
   written). Pass it as the refresher's ``stats``.
 * ``Stats`` carries no durations, so :class:`TimedResolver` and :class:`TimedFirewall`
@@ -32,19 +32,19 @@ from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from fenced import __version__
-from fenced.cache import CacheEntry
-from fenced.elements import DumpedElement, SetOp
-from fenced.firewall import Firewall
-from fenced.model import Config, IPAddress
-from fenced.refresher import Learned, NameStatus, Stats
-from fenced.resolver import Answer, Resolver
-from fenced.ruleset import Direction, Existing, denied_counter
+from fenced.core.cache import CacheEntry
+from fenced.core.elements import DumpedElement, SetOp
+from fenced.core.model import Config, IPAddress
+from fenced.core.ruleset import Direction, Existing, denied_counter
+from fenced.dns.refresher import Learned, NameStatus, Stats
+from fenced.dns.resolver import Answer, Resolver
+from fenced.kernel.firewall import Firewall
 
 #: Content type of :meth:`Metrics.render`'s output (the classic text format; every
 #: name fenced exports is valid in it, so no escaping scheme needs announcing).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-#: Answer statuses of a lookup (``fenced.resolver.Status``), pre-set to 0 so that
+#: Answer statuses of a lookup (``fenced.dns.resolver.Status``), pre-set to 0 so that
 #: ``rate()`` works from the first scrape.
 DNS_RESULTS = ("ok", "nxdomain", "nodata", "servfail", "timeout", "error")
 #: Results of a set transaction or a config reload.

@@ -17,11 +17,11 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from fenced import __version__
-from fenced.cache import CacheEntry
+from fenced.core.cache import CacheEntry
+from fenced.core.model import Config, IPAddress, Policy
+from fenced.dns.refresher import Learned, NameStatus
+from fenced.dns.resolver import FAILURES
 from fenced.errors import HttpError
-from fenced.model import Config, IPAddress, Policy
-from fenced.refresher import Learned, NameStatus
-from fenced.resolver import FAILURES
 
 #: Version of the document's layout.
 SCHEMA = 1

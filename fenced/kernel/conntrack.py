@@ -1,7 +1,7 @@
 """Connection tracking over netlink (pyroute2): forgetting DNS flows of a gone gateway port.
 
 A gateway policy's DNS flows live in that policy's conntrack zone (see
-``fenced.ruleset.dns_zones``), and the entry of each flow remembers the loopback port its
+``fenced.core.ruleset.dns_zones``), and the entry of each flow remembers the loopback port its
 first packet was redirected to. A client that keeps its UDP socket (a caching stub, a
 runtime's long-lived resolver socket) renews that entry with every query, so once the
 gateway listens on another port (fenced restarted, or a reload started a new gateway for

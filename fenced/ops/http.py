@@ -24,7 +24,7 @@ from aiohttp import web
 from fenced.config import parse_listen
 from fenced.errors import HttpError
 from fenced.log import Logger, log
-from fenced.metrics import CONTENT_TYPE, Metrics
+from fenced.ops.metrics import CONTENT_TYPE, Metrics
 
 
 class StatusProvider(Protocol):
@@ -38,7 +38,7 @@ class StatusProvider(Protocol):
         ...
 
     def status(self) -> dict[str, object]:
-        """The JSON-able ``/status`` document (``fenced.status.build_status``)."""
+        """The JSON-able ``/status`` document (``fenced.ops.status.build_status``)."""
         ...
 
     async def refresh_counters(self) -> None:

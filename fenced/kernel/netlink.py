@@ -78,7 +78,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from fenced.elements import (
+from fenced.core.elements import (
     DumpedElement,
     Element,
     Family,

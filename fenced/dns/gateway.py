@@ -16,13 +16,13 @@ so one ``Gateway`` serves one policy. For each query it:
   in audit mode logs and counts such a query the same way, then forwards it and returns
   the answer untouched (nothing is learned: the policy drops nothing anyway);
 * forwards a question for an allowed name to the resolvers with a fresh random ID
-  (:func:`fenced.resolver.forward`: UDP with EDNS, TCP on truncation, next server on
+  (:func:`fenced.dns.resolver.forward`: UDP with EDNS, TCP on truncation, next server on
   failure, about 2 s in all), keeping the client's RD, CD and AD bits and its DO bit;
   the reply carries the upstream's rcode and its AA, AD, CD and RA bits. When every
   resolver refused, the client gets ``REFUSED``; when nothing usable comes back
   otherwise, ``SERVFAIL``;
 * lets the names on an allowed answer's CNAME chain be asked (any type) while the chain is
-  live, on the ports of the entry that allowed the first name (:mod:`fenced.chains`), and
+  live, on the ports of the entry that allowed the first name (:mod:`fenced.core.chains`), and
   forwards DS, DNSKEY, SOA and NS queries for the ancestors of the entries and of live
   names (a validating stub's chain of trust), with every address removed from those;
 * in the answer, follows the CNAME chain from the question name (answer section only)
@@ -30,7 +30,7 @@ so one ``Gateway`` serves one policy. For each query it:
   is removed, so the client never holds an address fenced did not vouch for (SRV, MX
   and other additional-section glue included: the client asks for those names itself,
   and they are judged like any other). With ``allow_private = false`` addresses that
-  :func:`fenced.model.is_restricted` flags are removed too;
+  :func:`fenced.core.model.is_restricted` flags are removed too;
 * when addresses remain, awaits the injected ``learn`` hook with them and the chain's
   smallest TTL, and replies only after it returned: the firewall holds the addresses
   before the client can use them. If the hook raises or takes longer than
@@ -88,10 +88,10 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from fenced.chains import Labels, LiveChains, ancestors, name_labels
+from fenced.core.chains import Labels, LiveChains, ancestors, name_labels
+from fenced.core.model import DaemonConfig, IPAddress, Policy, Target, is_restricted
+from fenced.dns.resolver import EDNS_PAYLOAD, MAX_CHAIN, forward
 from fenced.log import Logger, log
-from fenced.model import DaemonConfig, IPAddress, Policy, Target, is_restricted
-from fenced.resolver import EDNS_PAYLOAD, MAX_CHAIN, forward
 
 __all__ = [
     "Gateway",
@@ -377,7 +377,7 @@ def _truncate(reply: dns.message.Message, limit: int) -> bytes:
 def _chain(response: dns.message.Message, qname: dns.name.Name) -> list[dns.name.Name]:
     """The names of the CNAME chain from ``qname`` in the answer section, ``qname`` first.
 
-    Stops at a loop or after :data:`~fenced.resolver.MAX_CHAIN` links.
+    Stops at a loop or after :data:`~fenced.dns.resolver.MAX_CHAIN` links.
     """
     names = [qname]
     for _ in range(MAX_CHAIN):
@@ -655,7 +655,7 @@ class Gateway:
         self.min_ttl = min_ttl
         self.grace = grace
         self.clock = clock
-        #: The names this policy's allowed answers led to (see :mod:`fenced.chains`).
+        #: The names this policy's allowed answers led to (see :mod:`fenced.core.chains`).
         self.chains = LiveChains()
         #: At most this many addresses of one answer are returned (0: no limit); the daemon
         #: sets ``max_ips_per_name``, what the firewall keeps for one name.

@@ -1,0 +1,6 @@
+"""The pure core: configuration values, element vocabulary, name cache, planner, ruleset.
+
+Nothing in this package reads the clock, touches the system or imports an I/O module:
+every function is given what it needs (``now`` included) and returns values; the callers
+above (``fenced.kernel``, ``fenced.dns``, ``fenced.daemon``) do the I/O.
+"""
