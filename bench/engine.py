@@ -67,8 +67,9 @@ from bench.zonegen import Record, parse_ttl, zone
 from fenced.config import load
 from fenced.core.elements import SetOp
 from fenced.core.ruleset import layout, script
+from fenced.dns.answers import Answer
 from fenced.dns.refresher import MonotonicClock, Refresher, Stats, refresh_inputs
-from fenced.dns.resolver import Answer, DnsResolver
+from fenced.dns.resolver import DnsResolver
 from fenced.kernel.firewall import KernelFirewall
 from fenced.log import Logger
 

@@ -16,7 +16,7 @@ so one ``Gateway`` serves one policy. For each query it:
   in audit mode logs and counts such a query the same way, then forwards it and returns
   the answer untouched (nothing is learned: the policy drops nothing anyway);
 * forwards a question for an allowed name to the resolvers with a fresh random ID
-  (:func:`fenced.dns.resolver.forward`: UDP with EDNS, TCP on truncation, next server on
+  (:func:`fenced.dns.forward.forward`: UDP with EDNS, TCP on truncation, next server on
   failure, about 2 s in all), keeping the client's RD, CD and AD bits and its DO bit;
   the reply carries the upstream's rcode and its AA, AD, CD and RA bits. When every
   resolver refused, the client gets ``REFUSED``; when nothing usable comes back
@@ -90,7 +90,9 @@ import dns.rrset
 
 from fenced.core.chains import Labels, LiveChains, ancestors, name_labels
 from fenced.core.model import DaemonConfig, IPAddress, Policy, Target, is_restricted
-from fenced.dns.resolver import EDNS_PAYLOAD, MAX_CHAIN, forward
+from fenced.dns.answers import MAX_CHAIN
+from fenced.dns.forward import forward
+from fenced.dns.wire import EDNS_PAYLOAD
 from fenced.log import Logger, log
 
 __all__ = [
@@ -377,7 +379,7 @@ def _truncate(reply: dns.message.Message, limit: int) -> bytes:
 def _chain(response: dns.message.Message, qname: dns.name.Name) -> list[dns.name.Name]:
     """The names of the CNAME chain from ``qname`` in the answer section, ``qname`` first.
 
-    Stops at a loop or after :data:`~fenced.dns.resolver.MAX_CHAIN` links.
+    Stops at a loop or after :data:`~fenced.dns.answers.MAX_CHAIN` links.
     """
     names = [qname]
     for _ in range(MAX_CHAIN):

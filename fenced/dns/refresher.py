@@ -3,7 +3,7 @@
 One task (the *loop*) owns all state: the schedule (a heap of due times), the
 :class:`~fenced.core.cache.DnsCache` and the :class:`~fenced.core.planner.Planner`. Lookups run as
 separate tasks, at most ``max_in_flight`` at once and one per name however many policies
-list it; each hands its :class:`~fenced.dns.resolver.Answer` back to the loop, which updates
+list it; each hands its :class:`~fenced.dns.answers.Answer` back to the loop, which updates
 the cache, reschedules the name and, once results stop arriving (``coalesce`` seconds, or
 no lookup left in flight), writes the planned set changes in one ``Firewall.apply``
 transaction. While nothing is due the loop sleeps until the earliest due time or expiry;
@@ -50,7 +50,8 @@ from fenced.core.elements import DumpedElement, key_to_ip
 from fenced.core.model import Config, DaemonConfig, IPAddress
 from fenced.core.planner import Plan, Planner, SetTarget
 from fenced.core.ruleset import DomainSet, Layout
-from fenced.dns.resolver import Answer, Resolver
+from fenced.dns.answers import Answer
+from fenced.dns.resolver import Resolver
 from fenced.errors import FirewallError
 from fenced.kernel.firewall import Firewall
 from fenced.log import Logger, log

@@ -36,15 +36,16 @@ from fenced.core.cache import CacheEntry
 from fenced.core.elements import DumpedElement, SetOp
 from fenced.core.model import Config, IPAddress
 from fenced.core.ruleset import Direction, Existing, denied_counter
+from fenced.dns.answers import Answer
 from fenced.dns.refresher import Learned, NameStatus, Stats
-from fenced.dns.resolver import Answer, Resolver
+from fenced.dns.resolver import Resolver
 from fenced.kernel.firewall import Firewall
 
 #: Content type of :meth:`Metrics.render`'s output (the classic text format; every
 #: name fenced exports is valid in it, so no escaping scheme needs announcing).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-#: Answer statuses of a lookup (``fenced.dns.resolver.Status``), pre-set to 0 so that
+#: Answer statuses of a lookup (``fenced.dns.answers.Status``), pre-set to 0 so that
 #: ``rate()`` works from the first scrape.
 DNS_RESULTS = ("ok", "nxdomain", "nodata", "servfail", "timeout", "error")
 #: Results of a set transaction or a config reload.

@@ -19,8 +19,8 @@ from typing import Protocol
 from fenced import __version__
 from fenced.core.cache import CacheEntry
 from fenced.core.model import Config, IPAddress, Policy
+from fenced.dns.answers import FAILURES
 from fenced.dns.refresher import Learned, NameStatus
-from fenced.dns.resolver import FAILURES
 from fenced.errors import HttpError
 
 #: Version of the document's layout.

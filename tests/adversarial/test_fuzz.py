@@ -35,7 +35,8 @@ from fenced.config import (
     parse_listen,
     parse_outbound,
 )
-from fenced.dns.resolver import FAILURES, Status, _chase, _combine, _fast_parse, _judge, _Part
+from fenced.dns.answers import FAILURES, Part, Status, chase, combine, judge
+from fenced.dns.wire import fast_parse
 from fenced.errors import ConfigError
 from fenced.kernel.netlink import NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFT_MSG_NEWGEN, CommitParser
 
@@ -371,14 +372,14 @@ def answers(draw: st.DrawFn) -> dns.message.Message:
 def _chase_both(msg: dns.message.Message) -> None:
     parts = []
     for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-        part = _chase(msg, QNAME, rdtype)
+        part = chase(msg, QNAME, rdtype)
         assert part.status in ("ok", "nodata", "error"), part
         if part.status == "ok":
             assert part.ips and part.ttl is not None and 0 <= part.ttl <= 2**32 - 1
             owners = {rs.name for rs in msg.answer if rs.rdtype == rdtype}
             assert owners, part  # addresses only from records of the asked type
         parts.append(part)
-    answer = _combine("q.example", parts)
+    answer = combine("q.example", parts)
     assert answer.status in ("ok", "nodata", "error"), answer
     assert (answer.status == "ok") == bool(answer.ips) or answer.failed
 
@@ -388,9 +389,9 @@ def _fast_agrees(wire: bytes) -> None:
     qwire = QNAME.to_wire()
     assert qwire is not None
     question = qwire + struct.pack("!HH", dns.rdatatype.A, 1)
-    part = _fast_parse(wire, question, dns.rdatatype.A)
+    part = fast_parse(wire, question, dns.rdatatype.A)
     if part is not None:
-        assert part == _judge(dns.message.from_wire(wire), QNAME, dns.rdatatype.A)
+        assert part == judge(dns.message.from_wire(wire), QNAME, dns.rdatatype.A)
         if part.status in ("nxdomain", "nodata"):
             assert part.negative_ttl is None or 0 <= part.negative_ttl <= 2**32 - 1
 
@@ -434,7 +435,7 @@ def test_fuzz_dns_wire_bytes(msg: dns.message.Message, flips: list[tuple[int, in
         parsed = dns.message.from_wire(bytes(wire))
     except (dns.exception.DNSException, ValueError, UnicodeError):
         return
-    # ValueError and AttributeError are what fenced.dns.resolver._ask turns into "error".
+    # ValueError and AttributeError are what fenced.dns.answers.judge turns into "error".
     with contextlib.suppress(ValueError, AttributeError):
         _chase_both(parsed)
 
@@ -450,8 +451,8 @@ def test_fuzz_dns_wire_bytes(msg: dns.message.Message, flips: list[tuple[int, in
 def test_fuzz_combine_statuses(statuses: list[str]) -> None:
     """Every pair of per-type outcomes combines into one sensible answer."""
     ip = ipaddress.ip_address("192.0.2.1")
-    parts = [_Part("ok", (ip,), 5) if s == "ok" else _Part(cast(Status, s)) for s in statuses]
-    answer = _combine("q.example", parts)
+    parts = [Part("ok", (ip,), 5) if s == "ok" else Part(cast(Status, s)) for s in statuses]
+    answer = combine("q.example", parts)
     if "nxdomain" in statuses:
         assert answer.status == "nxdomain"
     elif any(s in FAILURES for s in statuses):

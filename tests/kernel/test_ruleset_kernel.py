@@ -18,7 +18,8 @@ from fenced.core.elements import key_to_ip
 from fenced.core.model import Config
 from fenced.core.ruleset import layout, script
 from fenced.daemon import Daemon
-from fenced.dns.resolver import Answer, FakeResolver
+from fenced.dns.answers import Answer
+from fenced.dns.resolver import FakeResolver
 from fenced.kernel.cgroups import find_cgroup2_mount
 from fenced.kernel.firewall import KernelFirewall
 from fenced.log import Logger

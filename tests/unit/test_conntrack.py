@@ -8,7 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from fenced.daemon import Daemon
-from fenced.dns.resolver import Answer, FakeResolver
+from fenced.dns.answers import Answer
+from fenced.dns.resolver import FakeResolver
 from fenced.errors import FirewallError
 from fenced.kernel.conntrack import DnsFlow, FakeConntrack, stale_redirects
 from fenced.kernel.firewall import FakeFirewall

@@ -28,7 +28,8 @@ from fenced import config as config_mod
 from fenced.core.elements import key_to_ip
 from fenced.core.model import Config, IPAddress
 from fenced.daemon import Daemon
-from fenced.dns.resolver import Answer, DnsResolver, FakeResolver
+from fenced.dns.answers import Answer
+from fenced.dns.resolver import DnsResolver, FakeResolver
 from fenced.kernel.firewall import FakeFirewall
 from fenced.kernel.netlink import Commit
 from fenced.log import Logger

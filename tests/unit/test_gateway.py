@@ -25,8 +25,8 @@ import pytest
 
 from fenced.config import parse_outbound
 from fenced.core.model import DaemonConfig, IPAddress, Policy, Target
+from fenced.dns.forward import forward
 from fenced.dns.gateway import Gateway, GatewayStats, NameMatcher
-from fenced.dns.resolver import forward
 
 # ------------------------------------------------------------------------------ upstream
 

@@ -17,8 +17,9 @@ from fenced.core.cache import CacheEntry
 from fenced.core.elements import Element, SetOp, ipv4_key
 from fenced.core.model import Config, DaemonConfig, IPAddress, Policy, PortSpec, Target
 from fenced.core.ruleset import layout, script
+from fenced.dns.answers import Answer
 from fenced.dns.refresher import FakeClock, Learned, NameStatus, Refresher, refresh_inputs
-from fenced.dns.resolver import Answer, FakeResolver
+from fenced.dns.resolver import FakeResolver
 from fenced.errors import FirewallError
 from fenced.kernel.firewall import FakeFirewall
 from fenced.ops.metrics import Metrics, MetricsStats, TimedFirewall, TimedResolver, policy_counts

@@ -21,8 +21,9 @@ from fenced.core.elements import DumpedElement, Element, SetOp, ipv4_key, key_to
 from fenced.core.model import Config, DaemonConfig, IPAddress, Policy, PortSpec, Target
 from fenced.core.planner import SetTarget
 from fenced.core.ruleset import layout
+from fenced.dns.answers import Answer
 from fenced.dns.refresher import FakeClock, Refresher, RefreshInputs, refresh_inputs
-from fenced.dns.resolver import Answer, FakeResolver
+from fenced.dns.resolver import FakeResolver
 from fenced.errors import FirewallError
 from fenced.kernel.firewall import FakeFirewall
 from fenced.log import Logger

@@ -1,4 +1,4 @@
-"""Unit tests of the DNS resolver (fenced.dns.resolver) against an in-process DNS server."""
+"""Unit tests of the DNS resolver (fenced.dns.resolver, its answers, wire reader and sockets)."""
 
 from __future__ import annotations
 
@@ -23,16 +23,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fenced.dns.resolver import (
-    Answer,
-    DnsResolver,
-    FakeResolver,
-    _combine,
-    _fast_parse,
-    _judge,
-    _Part,
-    _UdpSocket,
-)
+from fenced.dns.answers import Answer, Part, combine, judge
+from fenced.dns.exchange import UdpSocket
+from fenced.dns.resolver import DnsResolver, FakeResolver
+from fenced.dns.wire import fast_parse
 
 Record = tuple[str, str, int, str]  # owner, type, ttl, rdata
 
@@ -345,8 +339,8 @@ def _question(qname: str, qtype: str) -> bytes:
     return wire + struct.pack("!HH", dns.rdatatype.from_text(qtype), 1)
 
 
-def _dnspython_part(wire: bytes, qname: str, qtype: str) -> _Part:
-    return _judge(
+def _dnspython_part(wire: bytes, qname: str, qtype: str) -> Part:
+    return judge(
         dns.message.from_wire(wire), dns.name.from_text(qname), dns.rdatatype.from_text(qtype)
     )
 
@@ -420,9 +414,9 @@ FAST_CASES: list[tuple[str, str, dict[str, object]]] = [
 
 @pytest.mark.parametrize(("qname", "qtype", "kw"), FAST_CASES)
 def test_fast_parse_matches_dnspython(qname: str, qtype: str, kw: dict[str, object]) -> None:
-    """The hand parser gives the very outcome dnspython's parse + _chase gives."""
+    """The hand parser gives the very outcome dnspython's parse + judge gives."""
     wire, question = _response(qname, qtype, **kw)  # type: ignore[arg-type]
-    fast = _fast_parse(wire, question, dns.rdatatype.from_text(qtype))
+    fast = fast_parse(wire, question, dns.rdatatype.from_text(qtype))
     assert fast is not None
     assert fast == _dnspython_part(wire, qname, qtype)
 
@@ -441,7 +435,7 @@ def test_fast_parse_matches_dnspython(qname: str, qtype: str, kw: dict[str, obje
 def test_negative_ttl_on_both_paths(kw: dict[str, object], negative: int | None) -> None:
     """Both parsers read RFC 2308's negative TTL: min(SOA TTL, MINIMUM, CNAME TTLs)."""
     wire, question = _response("gone.test", "A", **kw)  # type: ignore[arg-type]
-    fast = _fast_parse(wire, question, 1)
+    fast = fast_parse(wire, question, 1)
     slow = _dnspython_part(wire, "gone.test", "A")
     assert fast is not None and fast.status in ("nxdomain", "nodata")
     assert fast.negative_ttl == slow.negative_ttl == negative
@@ -451,7 +445,7 @@ def test_fast_parse_sees_compression() -> None:
     """The CHAIN answer really is compressed (pointers into the question and records)."""
     wire, question = _response("www.test", "A", CHAIN)
     assert wire.count(b"\xc0") >= 4
-    part = _fast_parse(wire, question, 1)
+    part = fast_parse(wire, question, 1)
     assert part is not None and (part.status, part.ttl) == ("ok", 30)
     assert part.cnames == ("Edge.test", "host.cdn.test")
     assert set(part.ips) == {
@@ -477,7 +471,7 @@ def test_fast_parse_declines(mangle: object) -> None:
     """Anything but a plain, well-formed NOERROR/NXDOMAIN answer goes to dnspython."""
     wire, question = _response("www.test", "A", CHAIN)
     assert callable(mangle)
-    assert _fast_parse(mangle(wire), question, 1) is None
+    assert fast_parse(mangle(wire), question, 1) is None
 
 
 def test_fast_parse_declines_other_types() -> None:
@@ -485,7 +479,7 @@ def test_fast_parse_declines_other_types() -> None:
     wire, question = _response(
         "www.test", "A", [("www.test.", "TXT", 60, '"x"'), ("www.test.", "A", 60, "192.0.2.1")]
     )
-    assert _fast_parse(wire, question, 1) is None
+    assert fast_parse(wire, question, 1) is None
     assert _dnspython_part(wire, "www.test", "A").ips == (ipaddress.ip_address("192.0.2.1"),)
 
 
@@ -493,8 +487,8 @@ def test_fast_parse_declines_two_soas() -> None:
     """Two SOAs in the authority section go to dnspython (it keeps one per owner)."""
     two = [SOA, ("other.", "SOA", 20, "ns.test. admin.test. 2 7200 900 1209600 3")]
     wire, question = _response("gone.test", "A", rcode=dns.rcode.NXDOMAIN, authority=two)
-    assert _fast_parse(wire, question, 1) is None
-    assert _dnspython_part(wire, "gone.test", "A") == _Part("nxdomain", negative_ttl=3)
+    assert fast_parse(wire, question, 1) is None
+    assert _dnspython_part(wire, "gone.test", "A") == Part("nxdomain", negative_ttl=3)
 
 
 def test_pointer_loop_declines() -> None:
@@ -502,7 +496,7 @@ def test_pointer_loop_declines() -> None:
     wire, question = _response("web.test", "A", [("web.test.", "A", 60, "192.0.2.1")])
     qend = 12 + len(question)
     looped = wire[:qend] + struct.pack("!H", 0xC000 | qend) + wire[qend + 2 :]
-    assert _fast_parse(looped, question, 1) is None
+    assert fast_parse(looped, question, 1) is None
 
 
 def _mutations() -> st.SearchStrategy[bytes]:
@@ -533,10 +527,10 @@ def test_fast_parse_random_bytes(wire: bytes, case: tuple[str, str, object]) -> 
     qname, qtype, _kw = case
     question = _question(qname, qtype)
     wire = wire[:12] + question + wire[12 + len(question) :] if len(wire) > 12 else wire
-    fast = _fast_parse(wire, question, dns.rdatatype.from_text(qtype))
+    fast = fast_parse(wire, question, dns.rdatatype.from_text(qtype))
     if fast is not None:
         assert fast == _dnspython_part(wire, qname, qtype)
-    sock = _UdpSocket()
+    sock = UdpSocket()
     loop = asyncio.new_event_loop()
     try:
         fut: asyncio.Future[bytes] = loop.create_future()
@@ -662,12 +656,12 @@ async def test_negative_answer_without_soa_has_no_negative_ttl() -> None:
 
 def test_combined_negative_ttl() -> None:
     """NXDOMAIN takes its own part's negative TTL; NODATA the smaller; no SOA wins as None."""
-    assert _combine(
-        "x.test", [_Part("nodata", negative_ttl=9), _Part("nxdomain", negative_ttl=40)]
+    assert combine(
+        "x.test", [Part("nodata", negative_ttl=9), Part("nxdomain", negative_ttl=40)]
     ) == (Answer("nxdomain", detail="x.test does not exist", negative_ttl=40))
-    both = _combine("x.test", [_Part("nodata", negative_ttl=9), _Part("nodata", negative_ttl=40)])
+    both = combine("x.test", [Part("nodata", negative_ttl=9), Part("nodata", negative_ttl=40)])
     assert (both.status, both.negative_ttl) == ("nodata", 9)
-    one = _combine("x.test", [_Part("nodata", negative_ttl=9), _Part("nodata")])
+    one = combine("x.test", [Part("nodata", negative_ttl=9), Part("nodata")])
     assert (one.status, one.negative_ttl) == ("nodata", None)
 
 
@@ -683,13 +677,13 @@ async def test_failure_detail_names_each_problem_once() -> None:
 
 def test_failure_detail_keeps_distinct_problems() -> None:
     """Different problems (servers, outcomes) each keep their own entry, in order."""
-    a = _Part(
+    a = Part(
         "servfail",
         detail="x",
         tries=(("192.0.2.1: SERVFAIL", "A"), ("192.0.2.2: timed out", "A")),
     )
-    aaaa = _Part("servfail", detail="y", tries=(("192.0.2.1: SERVFAIL", "AAAA"),))
-    ans = _combine("x.test", [a, aaaa])
+    aaaa = Part("servfail", detail="y", tries=(("192.0.2.1: SERVFAIL", "AAAA"),))
+    ans = combine("x.test", [a, aaaa])
     assert ans.detail == "192.0.2.1: SERVFAIL (A, AAAA); 192.0.2.2: timed out (A)"
 
 
@@ -763,7 +757,7 @@ async def test_truncated_goes_to_tcp_only() -> None:
 
 async def test_socket_rotation(monkeypatch: pytest.MonkeyPatch) -> None:
     """A socket is replaced after ROTATE_QUERIES queries (new random source port)."""
-    monkeypatch.setattr("fenced.dns.resolver.ROTATE_QUERIES", 3)
+    monkeypatch.setattr("fenced.dns.exchange.ROTATE_QUERIES", 3)
     async with raw_server(lambda q: [_good(q)]) as (port, proto):
         r = _resolver(port)
         for i in range(12):
