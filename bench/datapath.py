@@ -50,7 +50,7 @@ from bench.common import (
     veth_pair,
     wait_line,
 )
-from fenced.config import load
+from fenced.config.files import load
 from fenced.core.elements import Element, SetOp, ipv4_key
 from fenced.core.ruleset import layout, script
 from fenced.kernel.netlink import NftNetlink

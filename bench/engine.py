@@ -11,7 +11,7 @@ in alternating order, one after the other, against the same server:
 
 ``fenced``
     The real code path, instrumented: the generated TOML policy (one ``outbound`` entry
-    per name) read by ``fenced.config.load``, its ruleset installed with ``nft -f``
+    per name) read by ``fenced.config.files.load``, its ruleset installed with ``nft -f``
     (``KernelFirewall.install``), then ``fenced.dns.refresher.Refresher`` with
     ``DnsResolver`` (UDP, dnspython) and ``KernelFirewall`` (netlink writes), exactly as
     ``fenced run`` wires them (``min_ttl = 1``). Thin wrappers only record times: the
@@ -64,7 +64,7 @@ from bench.common import (
     wait_line,
 )
 from bench.zonegen import Record, parse_ttl, zone
-from fenced.config import load
+from fenced.config.files import load
 from fenced.core.elements import SetOp
 from fenced.core.ruleset import layout, script
 from fenced.dns.answers import Answer

@@ -14,7 +14,8 @@ import sys
 from collections.abc import Sequence
 
 from fenced import __version__
-from fenced import config as config_mod
+from fenced.config.files import DEFAULT_PATH, load
+from fenced.config.schema import LOG_LEVELS
 from fenced.core.model import Config
 from fenced.core.ruleset import layout, script
 from fenced.daemon import run_daemon
@@ -23,7 +24,7 @@ from fenced.kernel.firewall import KernelFirewall
 from fenced.log import log, route_library_logs
 from fenced.ops.status import DEFAULT_URL, fetch_status, format_status
 
-DEFAULT_CONFIG = config_mod.DEFAULT_PATH
+DEFAULT_CONFIG = DEFAULT_PATH
 #: First stand-in port ``fenced render`` shows for the DNS gateways (real ones are chosen
 #: by the kernel when ``fenced run`` starts them).
 RENDER_GATEWAY_PORT = 50053
@@ -63,7 +64,7 @@ def _print_config_error(exc: ConfigError) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate the configuration and print a summary."""
     try:
-        cfg = config_mod.load(args.config)
+        cfg = load(args.config)
     except ConfigError as exc:
         _print_config_error(exc)
         return 1
@@ -74,7 +75,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     """Print the nft script fenced would install."""
     try:
-        cfg = config_mod.load(args.config)
+        cfg = load(args.config)
     except ConfigError as exc:
         _print_config_error(exc)
         return 1
@@ -155,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             p.add_argument(
                 "--log-level",
-                choices=tuple(config_mod.LOG_LEVELS),
+                choices=tuple(LOG_LEVELS),
                 help="log only events at this level or above, whatever daemon.log_level "
                 "says (default: daemon.log_level, which defaults to info)",
             )

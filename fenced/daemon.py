@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fenced import config as config_mod
 from fenced.aio import wait_event
+from fenced.config.files import load
 from fenced.core.elements import Element, SetOp, Verdict, cgroup_key
 from fenced.core.model import Config, IPAddress, LogLevel, Target
 from fenced.core.planner import SetTarget
@@ -79,7 +79,7 @@ class State:
 class Daemon:
     """One fenced instance bound to a config path and a firewall.
 
-    ``loader`` reads a config (``fenced.config.load`` by default); ``cgroup_root`` is the
+    ``loader`` reads a config (``fenced.config.files.load`` by default); ``cgroup_root`` is the
     cgroup2 mount (found from /proc/mounts when None and a policy names cgroups).
     ``log_level`` (``fenced run --log-level``), when given, is the level of ``logger``
     whatever the configuration says; otherwise ``daemon.log_level`` is applied at start
@@ -93,7 +93,7 @@ class Daemon:
         config_path: str,
         firewall: Firewall,
         *,
-        loader: Callable[[str], Config] = config_mod.load,
+        loader: Callable[[str], Config] = load,
         cgroup_root: str | None = None,
         logger: Logger = log,
         resolver_factory: Callable[[Config], Resolver] | None = None,

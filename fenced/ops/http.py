@@ -21,7 +21,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from fenced.config import parse_listen
+from fenced.config.entries import parse_listen
 from fenced.errors import HttpError
 from fenced.log import Logger, log
 from fenced.ops.metrics import CONTENT_TYPE, Metrics
@@ -49,7 +49,7 @@ class StatusProvider(Protocol):
 def split_listen(listen: str) -> tuple[str, int]:
     """``daemon.listen`` (``HOST:PORT``, ``[V6]:PORT``) as ``(host, port)``.
 
-    As ``fenced.config.parse_listen``, except that port 0 (any free port) is accepted.
+    As ``fenced.config.entries.parse_listen``, except that port 0 (any free port) is accepted.
     Raises ``HttpError`` when the value is malformed.
     """
     head, sep, port = listen.rpartition(":")

@@ -26,15 +26,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fenced.config import (
-    DAEMON_KEYS,
-    POLICY_KEYS,
-    TOP_KEYS,
-    parse_documents,
-    parse_inbound,
-    parse_listen,
-    parse_outbound,
-)
+from fenced.config.entries import parse_inbound, parse_listen, parse_outbound
+from fenced.config.schema import DAEMON_KEYS, POLICY_KEYS, TOP_KEYS, parse_documents
 from fenced.dns.answers import FAILURES, Part, Status, chase, combine, judge
 from fenced.dns.wire import fast_parse
 from fenced.errors import ConfigError

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fenced import config as config_mod
+from fenced.config.files import load
 from fenced.core.elements import key_to_ip
 from fenced.core.model import Config
 from fenced.core.ruleset import layout, script
@@ -65,7 +65,7 @@ def cgroups() -> Iterator[Path]:
 
 def _loader(path: str | Path) -> Config:
     """The real loader, with no user or group database (the tests use numbers)."""
-    return config_mod.load(path, lookup_user=lambda _n: None, lookup_group=lambda _n: None)
+    return load(path, lookup_user=lambda _n: None, lookup_group=lambda _n: None)
 
 
 def _listing(netns: str) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fenced.config import parse_outbound
+from fenced.config.entries import parse_outbound
 from fenced.core.chains import LiveChains, ancestors, name_labels
 
 WWW = parse_outbound("www.example.com:443/tcp")

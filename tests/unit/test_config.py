@@ -13,14 +13,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fenced.config import (
-    load,
-    parse_documents,
+from fenced.config.entries import (
+    normalize_cgroup,
     parse_inbound,
+    parse_interface,
     parse_listen,
     parse_outbound,
-    resolv_conf_nameservers,
+    parse_resolver,
+    parse_source,
 )
+from fenced.config.files import load, resolv_conf_nameservers
+from fenced.config.schema import parse_documents
 from fenced.core.model import Config, DaemonConfig, PortRange, PortSpec, Proto
 from fenced.errors import ConfigError, ConfigProblem
 
@@ -397,6 +400,47 @@ def test_listen_bad(text: str, reason: str) -> None:
     """parse_listen refuses a malformed address with a reason."""
     with pytest.raises(ValueError, match=re.escape(reason)):
         parse_listen(text)
+
+
+@pytest.mark.parametrize(
+    ("parse", "text", "expected"),
+    [
+        (parse_interface, "eth0.100", "eth0.100"),
+        (parse_interface, "wg-0@x:1", "wg-0@x:1"),
+        (parse_source, "203.0.113.0/24", ipaddress.ip_network("203.0.113.0/24")),
+        (parse_source, "2001:db8::1", ipaddress.ip_network("2001:db8::1/128")),
+        (parse_resolver, "192.0.2.53", ipaddress.ip_address("192.0.2.53")),
+        (parse_resolver, "2001:db8::53", ipaddress.ip_address("2001:db8::53")),
+        (normalize_cgroup, "/system.slice/web.service/", "system.slice/web.service"),
+        (normalize_cgroup, "web.service", "web.service"),
+    ],
+)
+def test_subject_and_resolver_good(
+    parse: Callable[[str], object], text: str, expected: object
+) -> None:
+    """The subject and resolver parsers return the value a valid text means."""
+    assert parse(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("parse", "text", "reason"),
+    [
+        (parse_interface, "eth0/x", "bad interface name"),
+        (parse_interface, "a" * 16, "bad interface name"),
+        (parse_interface, "..", "bad interface name"),
+        (parse_source, "10.0.0.1/8", "did you mean 10.0.0.0/8?"),
+        (parse_source, "example.com", "bad source network"),
+        (parse_resolver, "fe80::1%eth0", "scoped IPv6"),
+        (parse_resolver, "dns.example", "is not an IP address"),
+        (normalize_cgroup, "/sys/fs/cgroup/a/b", "e.g. 'a/b'"),
+        (normalize_cgroup, "/", "root cgroup"),
+        (normalize_cgroup, "a/../b", "'.' and '..'"),
+    ],
+)
+def test_subject_and_resolver_bad(parse: Callable[[str], object], text: str, reason: str) -> None:
+    """The subject and resolver parsers refuse a malformed text with a reason."""
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        parse(text)
 
 
 def test_bad_entry_in_file_names_file_and_index() -> None:

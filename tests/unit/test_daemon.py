@@ -24,7 +24,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from fenced import config as config_mod
+from fenced.config.files import load
 from fenced.core.elements import key_to_ip
 from fenced.core.model import Config, IPAddress
 from fenced.daemon import Daemon
@@ -39,7 +39,7 @@ TABLE = "fenced"
 
 def _loader(path: str) -> Config:
     """The real loader, with no user or group database (the tests use numbers)."""
-    return config_mod.load(path, lookup_user=lambda _n: None, lookup_group=lambda _n: None)
+    return load(path, lookup_user=lambda _n: None, lookup_group=lambda _n: None)
 
 
 # ------------------------------------------------------------------------------ upstream

@@ -23,7 +23,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from fenced.config import parse_outbound
+from fenced.config.entries import parse_outbound
 from fenced.core.model import DaemonConfig, IPAddress, Policy, Target
 from fenced.dns.forward import forward
 from fenced.dns.gateway import Gateway, GatewayStats, NameMatcher

@@ -116,6 +116,19 @@ def test_core_is_pure(path: Path) -> None:
     assert not bad, f"{path.name} imports {bad}"
 
 
+#: The pure modules of fenced.config (``files`` reads the files and the host's databases).
+#: ``datetime`` is allowed there only to name TOML's date and time values in messages.
+CONFIG_PURE = ("entries.py", "schema.py")
+
+
+@pytest.mark.parametrize("name", CONFIG_PURE)
+def test_config_grammar_and_schema_are_pure(name: str) -> None:
+    """fenced.config's grammar and schema import no module that does I/O or reads the clock."""
+    impure = (IMPURE - {"datetime"}) | {"pwd", "grp", "io", "stat"}
+    bad = [n for n in _imports(PACKAGE / "config" / name) if _within(n, impure)]
+    assert not bad, f"config/{name} imports {bad}"
+
+
 def test_layers_cover_the_package() -> None:
     """Every subpackage of fenced is a known layer (a new one gets its rules here)."""
     subpackages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")} - {"data"}
