@@ -1004,60 +1004,89 @@ def _covered(msg: dns.message.Message) -> set[tuple[str, str]]:
     }
 
 
-async def test_removed_records_take_their_signatures_and_clear_ad() -> None:
+@pytest.mark.parametrize(
+    ("question", "canned", "kept", "covered", "ad"),
+    [
+        (
+            ("mixed.example.com", "A"),
+            Canned(
+                answer=[
+                    ("mixed.example.com", 60, "A", "10.0.0.1"),
+                    ("mixed.example.com", 60, "A", "192.0.2.5"),
+                    _sig("mixed.example.com", "A", 60),
+                ],
+                ad=True,
+            ),
+            {"192.0.2.5"},
+            set(),
+            False,
+        ),
+        (
+            ("inside.example.com", "A"),
+            Canned(
+                answer=[
+                    ("inside.example.com", 60, "CNAME", "db.example.com."),
+                    _sig("inside.example.com", "CNAME", 60),
+                    ("db.example.com", 60, "A", "192.168.1.10"),
+                    _sig("db.example.com", "A", 60),
+                ],
+                ad=True,
+            ),
+            set(),
+            {("inside.example.com", "CNAME")},
+            False,
+        ),
+        (
+            ("clean.example.com", "A"),
+            Canned(
+                answer=[
+                    ("clean.example.com", 60, "A", "192.0.2.6"),
+                    _sig("clean.example.com", "A", 60),
+                ],
+                ad=True,
+            ),
+            {"192.0.2.6"},
+            {("clean.example.com", "A")},
+            True,
+        ),
+        (
+            ("_s._tcp.clean.example.com", "SRV"),
+            Canned(
+                answer=[
+                    ("_s._tcp.clean.example.com", 60, "SRV", "0 0 443 t.example.com."),
+                    _sig("_s._tcp.clean.example.com", "SRV", 60),
+                ],
+                additional=[
+                    ("t.example.com", 60, "A", "203.0.113.68"),
+                    _sig("t.example.com", "A", 60),
+                ],
+                ad=True,
+            ),
+            set(),
+            {("_s._tcp.clean.example.com", "SRV")},
+            False,
+        ),
+    ],
+    ids=["address-removed", "chain-cut", "intact", "additional-removed"],
+)
+async def test_removed_records_take_their_signatures_and_clear_ad(
+    question: tuple[str, str],
+    canned: Canned,
+    kept: set[str],
+    covered: set[tuple[str, str]],
+    ad: bool,
+) -> None:
     """An RRset that lost records loses its RRSIG and the reply AD; intact RRsets keep theirs."""
     async with upstream_server() as up:
-        up.answers[("mixed.example.com", "A")] = Canned(
-            answer=[
-                ("mixed.example.com", 60, "A", "10.0.0.1"),
-                ("mixed.example.com", 60, "A", "192.0.2.5"),
-                _sig("mixed.example.com", "A", 60),
-            ],
-            ad=True,
-        )
-        up.answers[("inside.example.com", "A")] = Canned(
-            answer=[
-                ("inside.example.com", 60, "CNAME", "db.example.com."),
-                _sig("inside.example.com", "CNAME", 60),
-                ("db.example.com", 60, "A", "192.168.1.10"),
-                _sig("db.example.com", "A", 60),
-            ],
-            ad=True,
-        )
-        up.answers[("clean.example.com", "A")] = Canned(
-            answer=[
-                ("clean.example.com", 60, "A", "192.0.2.6"),
-                _sig("clean.example.com", "A", 60),
-            ],
-            ad=True,
-        )
-        up.answers[("_s._tcp.clean.example.com", "SRV")] = Canned(
-            answer=[
-                ("_s._tcp.clean.example.com", 60, "SRV", "0 0 443 t.example.com."),
-                _sig("_s._tcp.clean.example.com", "SRV", 60),
-            ],
-            additional=[("t.example.com", 60, "A", "203.0.113.68"), _sig("t.example.com", "A", 60)],
-            ad=True,
-        )
+        up.answers[question] = canned
         policy = make_policy(
             "mixed.example.com", "inside.example.com", "clean.example.com", "*.clean.example.com"
         )
         async with running(policy, up) as gw:
-            mixed = await ask(gw, "mixed.example.com", dnssec=True, edns=0)
-            inside = await ask(gw, "inside.example.com", dnssec=True, edns=0)
-            clean = await ask(gw, "clean.example.com", dnssec=True, edns=0)
-            srv = await ask(gw, "_s._tcp.clean.example.com", "SRV", dnssec=True, edns=0)
-    assert addresses(mixed) == {"192.0.2.5"}
-    assert _covered(mixed) == set()
-    assert not mixed.flags & dns.flags.AD
-    assert addresses(inside) == set()
-    assert _covered(inside) == {("inside.example.com", "CNAME")}
-    assert not inside.flags & dns.flags.AD
-    assert _covered(clean) == {("clean.example.com", "A")}
-    assert clean.flags & dns.flags.AD
-    assert addresses(srv) == set()
-    assert _covered(srv) == {("_s._tcp.clean.example.com", "SRV")}
-    assert not srv.flags & dns.flags.AD
+            reply = await ask(gw, *question, dnssec=True, edns=0)
+    assert addresses(reply) == kept
+    assert _covered(reply) == covered
+    assert bool(reply.flags & dns.flags.AD) is ad
 
 
 async def test_rrsig_ttls_capped_like_their_rrsets() -> None:
