@@ -15,7 +15,7 @@ in alternating order, one after the other, against the same server:
     (``KernelFirewall.install``), then ``fenced.dns.refresher.Refresher`` with
     ``DnsResolver`` (UDP, dnspython) and ``KernelFirewall`` (netlink writes), exactly as
     ``fenced run`` wires them (``min_ttl = 1``). Thin wrappers only record times: the
-    *lag* is what the refresher itself reports (``Stats.refresh_lag``: how late a lookup
+    *lag* is what the refresher itself reports (a ``LookupStarted`` event: how late a lookup
     started after its due time, which is the TTL's end plus fenced's deliberate jitter
     of up to 10 % of the TTL); *write lag* is from the due time to the kernel's
     acknowledgement of the write that carried the new answer (adds the DNS round trip,
@@ -66,9 +66,10 @@ from bench.common import (
 from bench.zonegen import Record, parse_ttl, zone
 from fenced.config.files import load
 from fenced.core.elements import SetOp
+from fenced.core.events import Event, LookupStarted
 from fenced.core.ruleset import layout, script
 from fenced.dns.answers import Answer
-from fenced.dns.refresher import MonotonicClock, Refresher, Stats, refresh_inputs
+from fenced.dns.refresher import MonotonicClock, Refresher, refresh_inputs
 from fenced.dns.resolver import DnsResolver
 from fenced.kernel.firewall import KernelFirewall
 from fenced.log import Logger
@@ -171,14 +172,12 @@ async def fenced_worker(args: argparse.Namespace) -> None:
     dues: collections.deque[float] = collections.deque()
     pending_due: dict[str, float] = {}
 
-    class LagStats(Stats):
-        def refresh_lag(self, seconds: float) -> None:
-            super().refresh_lag(seconds)
-            dues.append(clock.last - seconds)  # the due time of the lookup being launched
+    def observe(event: Event) -> None:
+        if isinstance(event, LookupStarted):
+            dues.append(clock.last - event.lag)  # the due time of the lookup being launched
             if window["on"]:
-                lags.append(seconds)
+                lags.append(event.lag)
 
-    stats = LagStats()
     answered: collections.Counter[str] = collections.Counter()
 
     class RecordingResolver:
@@ -228,7 +227,7 @@ async def fenced_worker(args: argparse.Namespace) -> None:
         fw,
         RecordingResolver(DnsResolver([args.server])),
         clock=clock,
-        stats=stats,
+        observe=observe,
         logger=Logger(level="info"),
     )
     await refresher.start(cfg.daemon, refresh_inputs(cfg, lay))

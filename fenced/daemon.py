@@ -21,10 +21,11 @@ from pathlib import Path
 from fenced.aio import wait_event
 from fenced.config.files import load
 from fenced.core.elements import Element, SetOp, Verdict, cgroup_key
+from fenced.core.events import CgroupsWritten, ConfigLoaded, TableRepaired
 from fenced.core.model import Config, IPAddress, LogLevel, Target
 from fenced.core.planner import SetTarget
 from fenced.core.ruleset import Layout, cgroup_elements, delete_chains_script, layout, script
-from fenced.dns.gateway import Gateway, GatewayStats, Result
+from fenced.dns.gateway import Gateway
 from fenced.dns.refresher import Learned, Refresher, RefreshInputs, refresh_inputs
 from fenced.dns.resolver import DnsResolver, Resolver
 from fenced.errors import ConfigError, FencedError, FirewallError, SystemCheckError
@@ -34,7 +35,7 @@ from fenced.kernel.firewall import OWN_NFT_PIDS, Firewall
 from fenced.kernel.netlink import OWN_PORTIDS, Commit, NftMonitor
 from fenced.log import Logger, log
 from fenced.ops.http import HttpServer
-from fenced.ops.metrics import Metrics, MetricsStats, TimedFirewall, TimedResolver
+from fenced.ops.metrics import Metrics
 from fenced.ops.notify import Notifier
 from fenced.ops.status import build_status
 
@@ -124,10 +125,7 @@ class Daemon:
         self.notifier = notifier or Notifier(None)
         self.http: HttpServer | None = None
         self._first_resolution_timeout = first_resolution_timeout
-        base = resolver_factory or default_resolver
-        self._resolver_factory: Callable[[Config], Resolver] = lambda cfg: TimedResolver(
-            base(cfg), self.metrics
-        )
+        self._resolver_factory = resolver_factory or default_resolver
         self.refresher: Refresher | None = None
         self.gateways: dict[str, Gateway] = {}
         self._monitor_factory = monitor_factory
@@ -161,17 +159,17 @@ class Daemon:
         await self._forget_stale_dns_flows()
         assert self.inputs is not None
         self.refresher = Refresher(
-            TimedFirewall(self.fw, self.metrics),
+            self.fw,
             self._resolver_factory(cfg),
             lock=self._fw_lock,
-            stats=MetricsStats(self.metrics),
+            observe=self.metrics.observe,
         )
         await self.refresher.start(cfg.daemon, self.inputs)
         self._watch_table(cfg.daemon.table)
         await self._first_resolutions()
         self.state.last_reload = "ok"
         self.state.last_reload_time = time.time()
-        self.metrics.reload(True, self.state.last_reload_time, initial=True)
+        self.metrics.observe(ConfigLoaded(True, self.state.last_reload_time, initial=True))
         self.notifier.ready(f"enforcing {len(cfg.policies)} policies")
         self.log.info(
             "started",
@@ -247,12 +245,9 @@ class Daemon:
             await self._retire_gateways(cfg)
             assert self.inputs is not None
             if self.refresher is not None:
-                if old is None or old.daemon.resolvers != cfg.daemon.resolvers:
-                    replaced = self.refresher.resolver
-                    self.refresher.resolver = self._resolver_factory(cfg)
-                    # Its sockets close once its lookups in flight are done.
-                    await replaced.close()
-                await self.refresher.configure(cfg.daemon, self.inputs)
+                changed = old is None or old.daemon.resolvers != cfg.daemon.resolvers
+                resolver = self._resolver_factory(cfg) if changed else None
+                await self.refresher.configure(cfg.daemon, self.inputs, resolver)
             if old is None or old.daemon.table != cfg.daemon.table:
                 self._watch_table(cfg.daemon.table)
         except ConfigError as exc:
@@ -272,7 +267,7 @@ class Daemon:
         self.state.last_reload = "ok"
         self.state.last_reload_time = time.time()
         self.state.last_reload_error = None
-        self.metrics.reload(True, self.state.last_reload_time)
+        self.metrics.observe(ConfigLoaded(True, self.state.last_reload_time))
         if self.config is not None and self.config.daemon.listen != (
             self.http.listen if self.http is not None else ""
         ):
@@ -292,7 +287,7 @@ class Daemon:
         self.state.last_reload = "error"
         self.state.last_reload_time = time.time()
         self.state.last_reload_error = str(exc)
-        self.metrics.reload(False, self.state.last_reload_time)
+        self.metrics.observe(ConfigLoaded(False, self.state.last_reload_time))
 
     async def stop(self) -> None:
         """Stop in order: HTTP, watchers, refresher, then the table as ``on_exit`` says."""
@@ -311,7 +306,6 @@ class Daemon:
         self._unwatch_table()
         if self.refresher is not None:
             await self.refresher.stop()
-            await self.refresher.resolver.close()
         if self.config is not None and self.config.daemon.on_exit == "remove":
             async with self._fw_lock:
                 await self.fw.delete_table(self.config.daemon.table)
@@ -375,7 +369,7 @@ class Daemon:
             # so learned addresses are written back and new ones accepted.
             await self.refresher.configure(cfg.daemon, self.inputs)
         self.state.repairs += 1
-        self.metrics.table_repair()
+        self.metrics.observe(TableRepaired())
         self.log.warning("table_repaired", table=cfg.daemon.table, repairs=self.state.repairs)
 
     # ------------------------------------------------------------------ applying
@@ -473,7 +467,7 @@ class Daemon:
                 )
         if ops:
             await self.fw.apply(ops)
-            self.metrics.cgroup_update()
+            self.metrics.observe(CgroupsWritten())
         previous, self.state.cgroup_ids = self.state.cgroup_ids, ids
         for path, now_id in sorted(ids.items()):
             if path not in previous or previous[path] != now_id:
@@ -502,7 +496,7 @@ class Daemon:
                     learn=self._learn,
                     port=0,
                     hosts=("0.0.0.0", "::") if forwarded else ("127.0.0.1", "::1"),
-                    stats=_GatewayMetrics(self.metrics),
+                    observe=self.metrics.observe,
                     logger=self.log,
                 )
                 await gw.start()
@@ -598,29 +592,6 @@ class Daemon:
             self.metrics.update_policies(cfg, self.refresher.status(), self.refresher.learned())
         counters = await self.fw.counters(cfg.daemon.table)
         self.metrics.update_denied([p.name for p in cfg.policies], counters)
-
-
-class _GatewayMetrics(GatewayStats):
-    """Feeds the gateways' counters into the Prometheus metrics."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        super().__init__()
-        self.metrics = metrics
-
-    def query(self, policy: str, result: Result, added: float) -> None:
-        """See ``GatewayStats.query``."""
-        super().query(policy, result, added)
-        self.metrics.gateway_query(policy, result, added)
-
-    def filtered_address(self, policy: str, name: str, ip: IPAddress) -> None:
-        """See ``GatewayStats.filtered_address``."""
-        super().filtered_address(policy, name, ip)
-        self.metrics.address_filtered()
-
-    def lost(self, policy: str, count: int) -> None:
-        """See ``GatewayStats.lost``."""
-        super().lost(policy, count)
-        self.metrics.gateway_lost(policy, count)
 
 
 def _is_own(commit: Commit) -> bool:

@@ -55,11 +55,12 @@ so one ``Gateway`` serves one policy. For each query it:
   because a socket's receive queue was full are counted as ``dropped`` when that socket
   next receives one.
 
-Every query ends in one result counted through :class:`GatewayStats` (see
-:data:`Result`) with the time fenced added (handling time minus the time spent waiting
-on resolvers). Denials, failures and removed private addresses are logged: the first
-time per name, then at 10, 100, 1000, ... occurrences, and never more than a few lines a
-second per gateway (what was held back is counted on the next line).
+Every query ends in one result reported to the ``observe`` hook as a
+:class:`~fenced.core.events.GatewayQuery` (see :data:`Result`) with the time fenced
+added (handling time minus the time spent waiting on resolvers). Denials, failures and
+removed private addresses are logged: the first time per name, then at 10, 100, 1000,
+... occurrences, and never more than a few lines a second per gateway (what was held
+back is counted on the next line).
 
 :class:`NameMatcher` is the pure part: which outbound entries allow a name.
 """
@@ -73,7 +74,7 @@ import math
 import socket
 import struct
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -89,6 +90,7 @@ import dns.rdatatype
 import dns.rrset
 
 from fenced.core.chains import Labels, LiveChains, ancestors, name_labels
+from fenced.core.events import AddressDropped, GatewayLost, GatewayQuery, Observer, ignore
 from fenced.core.model import DaemonConfig, IPAddress, Policy, Target, is_restricted
 from fenced.dns.answers import MAX_CHAIN
 from fenced.dns.forward import forward
@@ -97,7 +99,6 @@ from fenced.log import Logger, log
 
 __all__ = [
     "Gateway",
-    "GatewayStats",
     "LearnHook",
     "NameMatcher",
     "Result",
@@ -228,38 +229,7 @@ class NameMatcher:
         return labels is not None and labels in self._ancestors
 
 
-# ------------------------------------------------------------------------------ stats and logs
-
-
-class GatewayStats:
-    """Counters of the gateways; subclass (or read) to export metrics.
-
-    ``results`` counts queries by (policy, result); ``added_*`` sum up the time fenced
-    added to queries (seconds, handling time minus upstream time); ``filtered`` counts
-    restricted addresses removed from answers.
-    """
-
-    def __init__(self) -> None:
-        self.results: Counter[tuple[str, str]] = Counter()
-        self.added_count = 0
-        self.added_sum = 0.0
-        self.added_max = 0.0
-        self.filtered = 0
-
-    def query(self, policy: str, result: Result, added: float) -> None:
-        """A query of ``policy`` ended with ``result``; fenced added ``added`` seconds."""
-        self.results[(policy, result)] += 1
-        self.added_count += 1
-        self.added_sum += added
-        self.added_max = max(self.added_max, added)
-
-    def filtered_address(self, policy: str, name: str, ip: IPAddress) -> None:
-        """A restricted address ``ip`` was removed from an answer for ``name``."""
-        self.filtered += 1
-
-    def lost(self, policy: str, count: int) -> None:
-        """The kernel dropped ``count`` queries to ``policy``'s gateway (counted ``dropped``)."""
-        self.results[(policy, "dropped")] += count
+# ------------------------------------------------------------------------------ logs
 
 
 class _Limiter:
@@ -608,6 +578,8 @@ class Gateway:
     the same for every host and both protocols; read it from ``port`` after ``start``).
     Forwards allowed questions to ``servers`` on ``upstream_port``. ``learn`` is awaited
     with every answer's addresses before the answer is released (see :data:`LearnHook`).
+    ``observe`` is told each query's result, queries the kernel dropped and addresses
+    removed from answers (:mod:`fenced.core.events`).
 
     Life cycle: ``await start()``; ``configure(...)`` on reload (same port: a new port
     needs a new Gateway); ``await stop()``. ``handle(wire, transport)`` answers one
@@ -626,7 +598,7 @@ class Gateway:
         max_ttl: int = 3600,
         min_ttl: int = 5,
         grace: int = 30,
-        stats: GatewayStats | None = None,
+        observe: Observer = ignore,
         logger: Logger = log,
         clock: Callable[[], float] = time.monotonic,
         timeout: float = 1.0,
@@ -642,7 +614,7 @@ class Gateway:
         self.hosts = tuple(hosts)
         self._port = port
         self.upstream_port = upstream_port
-        self.stats = stats or GatewayStats()
+        self.observe = observe
         self.log = logger
         self.timeout = timeout
         self.budget = budget
@@ -677,7 +649,7 @@ class Gateway:
         learn: LearnHook,
         port: int,
         hosts: Sequence[str] = ("127.0.0.1", "::1"),
-        stats: GatewayStats | None = None,
+        observe: Observer = ignore,
         logger: Logger = log,
     ) -> Gateway:
         """A gateway for ``policy`` on ``port``, forwarding to ``daemon.resolvers``.
@@ -695,7 +667,7 @@ class Gateway:
             max_ttl=daemon.max_ttl,
             min_ttl=daemon.min_ttl,
             grace=daemon.grace,
-            stats=stats,
+            observe=observe,
             logger=logger,
         )
         gw.max_ips = daemon.max_ips_per_name
@@ -787,12 +759,12 @@ class Gateway:
     # ------------------------------------------------------------------ sockets
     def _lost(self, count: int) -> None:
         """The kernel dropped ``count`` queries on one of the UDP sockets."""
-        self.stats.lost(self.policy.name, count)
+        self.observe(GatewayLost(self.policy.name, count))
         self._note("warning", "gateway_queries_lost", None, lost=count)
 
     def _spawn_udp(self, transport: _UdpListener, data: bytes, addr: tuple[str | int, ...]) -> None:
         if len(self._tasks) >= self.max_in_flight:
-            self.stats.query(self.policy.name, "dropped", 0.0)
+            self.observe(GatewayQuery(self.policy.name, "dropped", 0.0))
             self._note("warning", "gateway_overloaded", None, in_flight=len(self._tasks))
             return
         task = asyncio.create_task(self._udp_one(transport, data, addr))
@@ -838,7 +810,7 @@ class Gateway:
         """The reply to one query message ``wire``; None means send nothing.
 
         Never raises (except CancelledError); counts the result and the time fenced
-        added (see ``GatewayStats.query``).
+        added (a ``GatewayQuery`` event to ``observe``).
         """
         start = time.monotonic()
         upstream = [0.0]
@@ -853,7 +825,7 @@ class Gateway:
             result = "servfail"
             reply = _header_only(wire, dns.rcode.SERVFAIL)
         added = max(0.0, time.monotonic() - start - upstream[0])
-        self.stats.query(self.policy.name, result, added)
+        self.observe(GatewayQuery(self.policy.name, result, added))
         return reply
 
     async def _answer(
@@ -929,7 +901,7 @@ class Gateway:
             response, qname, policy.allow_private, self.max_ips, addresses=bool(targets)
         )
         for ip in sorted_out.removed:
-            self.stats.filtered_address(policy.name, name, ip)
+            self.observe(AddressDropped(name, ip, policy=policy.name))
             self._note("info", "gateway_private_removed", name, key=f"{name} {ip}", ip=ip)
         if sorted_out.ips and sorted_out.ttl is not None:
             try:

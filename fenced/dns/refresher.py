@@ -47,6 +47,15 @@ from typing import Literal, Protocol
 from fenced.aio import wait_event
 from fenced.core.cache import CacheEntry, Change, DnsCache
 from fenced.core.elements import DumpedElement, key_to_ip
+from fenced.core.events import (
+    AddressDropped,
+    LookupDone,
+    LookupStarted,
+    NameCapped,
+    Observer,
+    SetsWritten,
+    ignore,
+)
 from fenced.core.model import Config, DaemonConfig, IPAddress
 from fenced.core.planner import Plan, Planner, SetTarget
 from fenced.core.ruleset import DomainSet, Layout
@@ -162,53 +171,6 @@ class FakeClock:
             await self.settle()
         self._now = max(self._now, target)
         await self.settle()
-
-
-# ------------------------------------------------------------------------------ stats
-
-
-class Stats:
-    """Counters of the refresh engine; subclass (or read) to export metrics.
-
-    ``dns``: lookups by answer status; ``writes``: set transactions by result (``ok``,
-    ``error``); ``elements``: elements written; ``capped``: answers that exceeded
-    ``max_ips_per_name``; ``filtered``: restricted addresses kept out of a set;
-    ``lag_*``: how late lookups started after they were due (seconds).
-    """
-
-    def __init__(self) -> None:
-        self.dns: Counter[str] = Counter()
-        self.writes: Counter[str] = Counter()
-        self.elements = 0
-        self.capped = 0
-        self.filtered = 0
-        self.lag_count = 0
-        self.lag_sum = 0.0
-        self.lag_max = 0.0
-
-    def dns_result(self, name: str, status: str) -> None:
-        """A lookup of ``name`` ended with ``status``."""
-        self.dns[status] += 1
-
-    def write_result(self, result: Literal["ok", "error"], elements: int) -> None:
-        """A set transaction of ``elements`` elements succeeded or failed."""
-        self.writes[result] += 1
-        if result == "ok":
-            self.elements += elements
-
-    def refresh_lag(self, seconds: float) -> None:
-        """A lookup started ``seconds`` after it was due."""
-        self.lag_count += 1
-        self.lag_sum += seconds
-        self.lag_max = max(self.lag_max, seconds)
-
-    def capped_name(self, name: str, dropped: int) -> None:
-        """An answer for ``name`` had more addresses than allowed; ``dropped`` were dropped."""
-        self.capped += 1
-
-    def filtered_address(self, name: str, ip: IPAddress, set_name: str) -> None:
-        """A restricted address of ``name`` was kept out of ``set_name``."""
-        self.filtered += 1
 
 
 # ------------------------------------------------------------------------------ keys
@@ -354,9 +316,13 @@ class Refresher:
     """Keeps the domain sets of fenced's table filled from DNS (see the module text).
 
     Life cycle: ``await start(daemon, inputs)`` once the ruleset is installed;
-    ``await configure(daemon, inputs)`` after every reload and every repair (once the
-    ruleset is installed again); ``await stop()`` at exit (elements stay in the kernel and
-    time out by themselves). ``inputs`` names every name and set (:func:`refresh_inputs`).
+    ``await configure(daemon, inputs[, resolver])`` after every reload and every repair
+    (once the ruleset is installed again); ``await stop()`` at exit (elements stay in the
+    kernel and time out by themselves). ``inputs`` names every name and set
+    (:func:`refresh_inputs`). The refresher owns ``resolver``: it closes it at ``stop``,
+    and one ``configure`` replaces once its lookups in flight are done.
+    ``observe`` is told every lookup, lag, cap, dropped address and set write
+    (:mod:`fenced.core.events`).
     ``lock``, when given, is held around every firewall call (the daemon's firewall lock);
     never await ``start`` or ``configure`` while holding it.
     """
@@ -368,7 +334,7 @@ class Refresher:
         *,
         clock: Clock | None = None,
         rng: random.Random | None = None,
-        stats: Stats | None = None,
+        observe: Observer = ignore,
         lock: asyncio.Lock | None = None,
         logger: Logger = log,
         max_in_flight: int = 64,
@@ -382,7 +348,7 @@ class Refresher:
         self.resolver = resolver
         self.clock: Clock = clock or MonotonicClock()
         self.rng = rng or random.Random()
-        self.stats = stats or Stats()
+        self.observe = observe
         self.lock = lock or asyncio.Lock()
         self.log = logger
         self.max_in_flight = max(1, max_in_flight)
@@ -402,6 +368,9 @@ class Refresher:
         self._heap: list[tuple[float, int, str]] = []
         self._seq = itertools.count()
         self._lookups: set[asyncio.Task[None]] = set()
+        #: Lookups in flight per resolver (by id), and replaced resolvers still in use.
+        self._using: Counter[int] = Counter()
+        self._retired: dict[int, Resolver] = {}
         self._results: list[tuple[_Name, Answer]] = []
         self._requests: list[_Request] = []
         self._learns: list[_Learn] = []
@@ -451,8 +420,13 @@ class Refresher:
         """What gateway answers added, by (policy, name), with deadlines (for status pages)."""
         return {k: self.cache.entries(k) for k in self._learned if self.cache.entries(k)}
 
-    async def configure(self, daemon: DaemonConfig, inputs: RefreshInputs) -> None:
+    async def configure(
+        self, daemon: DaemonConfig, inputs: RefreshInputs, resolver: Resolver | None = None
+    ) -> None:
         """Apply a reload or a repair, reconciling the sets with a dump of them.
+
+        Given a ``resolver``, later lookups use it; the one it replaces is closed once
+        its lookups in flight are done.
 
         New names are resolved at once, removed ones forgotten and their addresses
         deleted, kept ones untouched (no gap). Every address held for a set still in
@@ -463,16 +437,23 @@ class Refresher:
         """
         if self._task is None:
             raise RuntimeError("refresher not started")
+        if resolver is not None and resolver is not self.resolver:
+            replaced, self.resolver = self.resolver, resolver
+            await self._retire(replaced)
         await self._submit("configure", daemon, inputs)
 
     async def stop(self) -> None:
-        """Stop the loop and every lookup. Elements stay in the kernel with their timeouts."""
+        """Stop the loop and every lookup, then close the resolver.
+
+        Elements stay in the kernel with their timeouts.
+        """
         tasks = [t for t in (self._task, *self._lookups) if t is not None]
         for t in tasks:
             t.cancel()
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        await self.resolver.close()
         self._task = None
         for req in self._requests:
             if not req.done.done():
@@ -620,7 +601,7 @@ class Refresher:
                 continue  # stale row
             state.due = None
             state.in_flight = True
-            self.stats.refresh_lag(max(0.0, now - due))
+            self.observe(LookupStarted(name, max(0.0, now - due)))
             # Keep the name's IPs while the answer is unknown (a timing-out resolver can
             # take longer than grace); writes happen only when an expiry would come first.
             self._note_change(now, self.cache.hold(now, name, now + self.resolver.budget + 1.0))
@@ -629,14 +610,37 @@ class Refresher:
             task.add_done_callback(self._lookups.discard)
 
     async def _lookup(self, state: _Name) -> None:
+        resolver = self.resolver
+        self._using[id(resolver)] += 1
+        started = self.clock.now()
         try:
-            answer = await self.resolver.resolve(state.name)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a Resolver must not raise; never let it stop us
-            answer = Answer("error", detail=f"resolver raised {type(exc).__name__}: {exc}")
+            try:
+                answer = await resolver.resolve(state.name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a Resolver must not raise; never let it stop us
+                answer = Answer("error", detail=f"resolver raised {type(exc).__name__}: {exc}")
+            self.observe(LookupDone(state.name, answer.status, self.clock.now() - started))
+        finally:
+            self._using[id(resolver)] -= 1
+            if not self._using[id(resolver)]:
+                del self._using[id(resolver)]
+                retired = self._retired.pop(id(resolver), None)
+                if retired is not None:
+                    await retired.close()
         self._results.append((state, answer))
         self._wake.set()
+
+    async def _retire(self, resolver: Resolver) -> None:
+        """Close ``resolver`` now, or after its last lookup in flight when it has any.
+
+        Closed under a running lookup, a resolver could open sockets again on its next
+        try, which nothing would close.
+        """
+        if self._using[id(resolver)]:
+            self._retired[id(resolver)] = resolver
+        else:
+            await resolver.close()
 
     def _absorb(self, now: float) -> None:
         results, self._results = self._results, []
@@ -644,7 +648,6 @@ class Refresher:
             state.in_flight = False
             if self._names.get(state.name) is not state:
                 continue  # the name was removed (or re-added) while it was looked up
-            self.stats.dns_result(state.name, answer.status)
             self._note_change(now, self._apply_answer(now, state, answer))
 
     def _apply_answer(self, now: float, state: _Name, answer: Answer) -> Change[SourceKey]:
@@ -694,7 +697,7 @@ class Refresher:
         )
         kc = change.keys.get(name)
         if kc is not None and kc.capped:
-            self.stats.capped_name(name, kc.capped)
+            self.observe(NameCapped(name, kc.capped))
             if not state.capped_logged:
                 state.capped_logged = True
                 self.log.warning(
@@ -732,13 +735,17 @@ class Refresher:
             plan = self.planner.plan(now, change)
         self._report_filtered(plan)
         if plan.ops:
+            started: float | None = None  # timed once the lock is held: the write alone
             try:
                 async with self.lock:
+                    started = self.clock.now()
                     await self.fw.apply(plan.ops)
+                    took = self.clock.now() - started
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.stats.write_result("error", plan.elements)
+                took = self.clock.now() - started if started is not None else 0.0
+                self.observe(SetsWritten("error", plan.elements, took))
                 self._write_backoff = min(
                     self.write_retry_cap, max(self.write_retry_initial, self._write_backoff * 2)
                 )
@@ -755,7 +762,7 @@ class Refresher:
                     retry_in=self._write_backoff,
                 )
                 return False
-            self.stats.write_result("ok", plan.elements)
+            self.observe(SetsWritten("ok", plan.elements, took))
             self.log.debug("sets_written", elements=plan.elements, ops=len(plan.ops))
         self.planner.commit(plan)
         self._write_backoff = 0.0
@@ -785,7 +792,7 @@ class Refresher:
             if state is None or (f.ip, f.set) in state.filtered_logged:
                 continue
             state.filtered_logged.add((f.ip, f.set))
-            self.stats.filtered_address(f.key, f.ip, f.set)
+            self.observe(AddressDropped(f.key, f.ip, set=f.set))
             self.log.warning(
                 "private_address_dropped",
                 domain=f.key,
@@ -882,6 +889,5 @@ __all__ = [
     "RefreshInputs",
     "Refresher",
     "SourceKey",
-    "Stats",
     "refresh_inputs",
 ]

@@ -2,18 +2,9 @@
 
 :class:`Metrics` owns a ``CollectorRegistry`` (never prometheus-client's global one, so
 two daemons in one process, or tests, never share series) and every metric object. The
-daemon and the refresh engine call its small typed methods as things happen; the HTTP
-server calls :meth:`Metrics.render` for ``GET /metrics``.
-
-How the refresh engine's numbers get here without changing it:
-
-* :class:`MetricsStats` is a :class:`fenced.dns.refresher.Stats` that also feeds
-  :class:`Metrics` (refresh lag, capped names, dropped private addresses, elements
-  written). Pass it as the refresher's ``stats``.
-* ``Stats`` carries no durations, so :class:`TimedResolver` and :class:`TimedFirewall`
-  wrap the refresher's resolver and firewall and record each lookup and each set
-  transaction, with its result and how long it took (``fenced_dns_queries_total`` and
-  ``fenced_set_updates_total`` count there, so each histogram's ``_count`` matches).
+engines (refresher, DNS gateways, daemon) report what happens as
+:mod:`fenced.core.events` values to one observer, :meth:`Metrics.observe`, which turns
+each into its series; the HTTP server calls :meth:`Metrics.render` for ``GET /metrics``.
 
 Values read from the kernel (the ``denied_<policy>_<out|in>`` named counters) are pushed
 in with :meth:`Metrics.update_denied` before a scrape renders; gauges about the
@@ -22,9 +13,8 @@ configuration and the DNS cache with :meth:`Metrics.update_policies`.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Literal
+from collections.abc import Iterable, Iterator, Mapping
+from typing import assert_never
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import generate_latest
@@ -33,13 +23,22 @@ from prometheus_client.registry import Collector
 
 from fenced import __version__
 from fenced.core.cache import CacheEntry
-from fenced.core.elements import DumpedElement, SetOp
+from fenced.core.events import (
+    AddressDropped,
+    CgroupsWritten,
+    ConfigLoaded,
+    Event,
+    GatewayLost,
+    GatewayQuery,
+    LookupDone,
+    LookupStarted,
+    NameCapped,
+    SetsWritten,
+    TableRepaired,
+)
 from fenced.core.model import Config, IPAddress
-from fenced.core.ruleset import Direction, Existing, denied_counter
-from fenced.dns.answers import Answer
-from fenced.dns.refresher import Learned, NameStatus, Stats
-from fenced.dns.resolver import Resolver
-from fenced.kernel.firewall import Firewall
+from fenced.core.ruleset import Direction, denied_counter
+from fenced.dns.refresher import Learned, NameStatus
 
 #: Content type of :meth:`Metrics.render`'s output (the classic text format; every
 #: name fenced exports is valid in it, so no escaping scheme needs announcing).
@@ -246,6 +245,34 @@ class Metrics:
         self._view = _WithoutCreated(r)
 
     # ------------------------------------------------------------------ events
+    def observe(self, event: Event) -> None:
+        """Count ``event`` in its series: the observer the engines report to."""
+        match event:
+            case LookupStarted():
+                self.refresh_lag(event.lag)
+            case LookupDone():
+                self.dns_query(event.status, event.seconds)
+            case SetsWritten():
+                self.set_update(event.result, event.seconds)
+                if event.result == "ok":
+                    self.elements_written(event.elements)
+            case NameCapped():
+                self.name_capped()
+            case AddressDropped():
+                self.address_filtered()
+            case GatewayQuery():
+                self.gateway_query(event.policy, event.result, event.added)
+            case GatewayLost():
+                self.gateway_lost(event.policy, event.count)
+            case ConfigLoaded():
+                self.reload(event.ok, event.when, initial=event.initial)
+            case TableRepaired():
+                self.table_repair()
+            case CgroupsWritten():
+                self.cgroup_update()
+            case _:
+                assert_never(event)
+
     def dns_query(self, result: str, seconds: float | None = None) -> None:
         """One lookup ended with ``result`` (an answer status) after ``seconds``."""
         self._dns_queries.labels(result).inc()
@@ -405,158 +432,12 @@ def policy_counts(
     return result
 
 
-class MetricsStats(Stats):
-    """A refresher ``Stats`` that also feeds :class:`Metrics`.
-
-    Keeps the base class's counters. Lookups and set transactions are *not* counted here
-    (``Stats`` has no durations): wrap the resolver and firewall with
-    :class:`TimedResolver` and :class:`TimedFirewall`, which count and time them.
-    """
-
-    def __init__(self, metrics: Metrics) -> None:
-        super().__init__()
-        self.metrics = metrics
-
-    def write_result(self, result: Literal["ok", "error"], elements: int) -> None:
-        """See ``Stats.write_result``; counts the elements of successful writes."""
-        super().write_result(result, elements)
-        if result == "ok":
-            self.metrics.elements_written(elements)
-
-    def refresh_lag(self, seconds: float) -> None:
-        """See ``Stats.refresh_lag``."""
-        super().refresh_lag(seconds)
-        self.metrics.refresh_lag(seconds)
-
-    def capped_name(self, name: str, dropped: int) -> None:
-        """See ``Stats.capped_name``."""
-        super().capped_name(name, dropped)
-        self.metrics.name_capped()
-
-    def filtered_address(self, name: str, ip: IPAddress, set_name: str) -> None:
-        """See ``Stats.filtered_address``."""
-        super().filtered_address(name, ip, set_name)
-        self.metrics.address_filtered()
-
-
-class TimedResolver:
-    """A ``Resolver`` that records each lookup's status and duration in :class:`Metrics`.
-
-    Lookups that raise (a resolver must not) count as ``error`` and the exception goes on;
-    cancelled lookups are not counted. ``clock`` is a monotonic seconds function.
-    ``close`` closes the wrapped resolver once no lookup through this wrapper is in flight
-    (closed under a running lookup, a resolver could open sockets again on its next try,
-    which nothing would close).
-    """
-
-    def __init__(
-        self,
-        inner: Resolver,
-        metrics: Metrics,
-        *,
-        clock: Callable[[], float] = time.perf_counter,
-    ) -> None:
-        self.inner = inner
-        self.metrics = metrics
-        self.clock = clock
-        self._in_flight = 0
-        self._close_due = False
-
-    @property
-    def budget(self) -> float:
-        """See ``Resolver.budget`` (the wrapped resolver's)."""
-        return self.inner.budget
-
-    @budget.setter
-    def budget(self, value: float) -> None:
-        self.inner.budget = value
-
-    async def resolve(self, name: str) -> Answer:
-        """See ``Resolver.resolve``."""
-        start = self.clock()
-        self._in_flight += 1
-        try:
-            answer = await self.inner.resolve(name)
-        except Exception:
-            self.metrics.dns_query("error", self.clock() - start)
-            raise
-        finally:
-            self._in_flight -= 1
-            if self._close_due and not self._in_flight:
-                self._close_due = False
-                await self.inner.close()
-        self.metrics.dns_query(answer.status, self.clock() - start)
-        return answer
-
-    async def close(self) -> None:
-        """See ``Resolver.close``; waits for no lookup, but closes only after the last."""
-        if self._in_flight:
-            self._close_due = True
-        else:
-            await self.inner.close()
-
-
-class TimedFirewall:
-    """A ``Firewall`` that records each non-empty ``apply`` (result, duration) in Metrics.
-
-    Give it to the refresher only, so ``fenced_set_updates_total`` counts domain-set
-    transactions; everything else is passed through untouched.
-    """
-
-    def __init__(
-        self,
-        inner: Firewall,
-        metrics: Metrics,
-        *,
-        clock: Callable[[], float] = time.perf_counter,
-    ) -> None:
-        self.inner = inner
-        self.metrics = metrics
-        self.clock = clock
-
-    async def existing(self, table: str) -> Existing | None:
-        """See ``Firewall.existing``."""
-        return await self.inner.existing(table)
-
-    async def install(self, script: str) -> None:
-        """See ``Firewall.install``."""
-        await self.inner.install(script)
-
-    async def apply(self, ops: Sequence[SetOp]) -> None:
-        """See ``Firewall.apply``; timed and counted when ``ops`` is not empty."""
-        if not ops:
-            await self.inner.apply(ops)
-            return
-        start = self.clock()
-        try:
-            await self.inner.apply(ops)
-        except Exception:
-            self.metrics.set_update("error", self.clock() - start)
-            raise
-        self.metrics.set_update("ok", self.clock() - start)
-
-    async def dump(self, table: str, set_name: str) -> list[DumpedElement]:
-        """See ``Firewall.dump``."""
-        return await self.inner.dump(table, set_name)
-
-    async def counters(self, table: str) -> dict[str, int]:
-        """See ``Firewall.counters``."""
-        return await self.inner.counters(table)
-
-    async def delete_table(self, table: str) -> None:
-        """See ``Firewall.delete_table``."""
-        await self.inner.delete_table(table)
-
-
 __all__ = [
     "CONTENT_TYPE",
     "DIRECTIONS",
     "DNS_RESULTS",
     "RESULTS",
     "Metrics",
-    "MetricsStats",
-    "TimedFirewall",
-    "TimedResolver",
     "family_label",
     "policy_counts",
 ]

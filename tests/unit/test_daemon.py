@@ -351,3 +351,39 @@ async def test_open_fds_stay_flat_over_reloads_that_change_resolvers(tmp_path: P
             assert _open_fds() <= before + 2
         finally:
             await daemon.stop()
+
+
+# ------------------------------------------------------------------------------ telemetry
+
+
+async def test_reload_hands_the_refresher_a_new_resolver_only_when_resolvers_change(
+    tmp_path: Path,
+) -> None:
+    """A reload with other resolvers gives the refresher a new one and closes the old."""
+    path = tmp_path / "fenced.toml"
+    path.write_text(_resolvers_config('["127.0.0.1"]', "a.test"))
+    made: list[FakeResolver] = []
+
+    def resolver(_cfg: Config) -> FakeResolver:
+        made.append(FakeResolver())
+        return made[-1]
+
+    daemon = Daemon(
+        str(path),
+        FakeFirewall(),
+        loader=_loader,
+        logger=Logger(io.StringIO()),
+        resolver_factory=resolver,
+    )
+    await daemon.start()
+    try:
+        path.write_text(_resolvers_config('["127.0.0.1"]', "b.test"))
+        assert await daemon.reload()
+        assert len(made) == 1 and made[0].closed == 0
+        path.write_text(_resolvers_config('["127.0.0.2"]', "b.test"))
+        assert await daemon.reload()
+        assert daemon.refresher is not None and daemon.refresher.resolver is made[1]
+        assert made[0].closed == 1 and made[1].closed == 0
+    finally:
+        await daemon.stop()
+    assert made[1].closed == 1

@@ -9,6 +9,7 @@ import ipaddress
 import socket
 import struct
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -24,9 +25,10 @@ import dns.rrset
 import pytest
 
 from fenced.config.entries import parse_outbound
+from fenced.core.events import AddressDropped, Event, GatewayLost, GatewayQuery, ignore
 from fenced.core.model import DaemonConfig, IPAddress, Policy, Target
 from fenced.dns.forward import forward
-from fenced.dns.gateway import Gateway, GatewayStats, NameMatcher
+from fenced.dns.gateway import Gateway, NameMatcher
 
 # ------------------------------------------------------------------------------ upstream
 
@@ -190,6 +192,31 @@ class Learner:
         self.done_at.append(time.monotonic())
 
 
+class Seen(list[Event]):
+    """The events a gateway reported (pass ``append`` as its ``observe``), tallied."""
+
+    @property
+    def results(self) -> Counter[tuple[str, str]]:
+        """Queries by (policy, result), those the kernel dropped included."""
+        tally: Counter[tuple[str, str]] = Counter()
+        for e in self:
+            if isinstance(e, GatewayQuery):
+                tally[(e.policy, e.result)] += 1
+            elif isinstance(e, GatewayLost):
+                tally[(e.policy, "dropped")] += e.count
+        return tally
+
+    @property
+    def filtered(self) -> int:
+        """Restricted addresses removed from answers."""
+        return sum(1 for e in self if isinstance(e, AddressDropped))
+
+    @property
+    def added_max(self) -> float:
+        """The most time the gateway added to one query (0 before any)."""
+        return max((e.added for e in self if isinstance(e, GatewayQuery)), default=0.0)
+
+
 def make_policy(
     *entries: str,
     deny_response: str = "nxdomain",
@@ -214,7 +241,7 @@ async def running(
     servers: Sequence[str] = ("127.0.0.1",),
     upstream_port: int | None = None,
     max_ttl: int = 3600,
-    stats: GatewayStats | None = None,
+    stats: Seen | None = None,
     learn_timeout: float = 2.0,
     clock: Clock | None = None,
 ) -> AsyncIterator[Gateway]:
@@ -226,7 +253,7 @@ async def running(
         hosts=("127.0.0.1",),
         upstream_port=up.port if upstream_port is None else upstream_port,
         max_ttl=max_ttl,
-        stats=stats,
+        observe=stats.append if stats is not None else ignore,
         learn_timeout=learn_timeout,
     )
     if clock is not None:
@@ -365,7 +392,7 @@ async def test_ttl_capped_at_max_ttl() -> None:
 async def test_denied_name_never_reaches_upstream(deny: str, rcode: dns.rcode.Rcode) -> None:
     """A name no entry allows gets the policy's deny rcode, question echoed, no upstream query."""
     async with upstream_server() as up:
-        stats = GatewayStats()
+        stats = Seen()
         learner = Learner()
         policy = make_policy("a.example.com", deny_response=deny)
         async with running(policy, up, learner, stats=stats) as gw:
@@ -385,7 +412,7 @@ async def test_audit_mode_forwards_denied_names() -> None:
             answer=[("b.example.com", 60, "A", "192.0.2.2")]
         )
         learner = Learner()
-        stats = GatewayStats()
+        stats = Seen()
         policy = dataclasses.replace(make_policy("a.example.com"), mode="audit")
         async with running(policy, up, learner, stats=stats) as gw:
             reply = await ask(gw, "b.example.com")
@@ -486,7 +513,7 @@ async def test_private_addresses_removed() -> None:
             ]
         )
         learner = Learner()
-        stats = GatewayStats()
+        stats = Seen()
         policy = make_policy("mixed.example.com", "inside.example.com")
         async with running(policy, up, learner, stats=stats) as gw:
             mixed = await ask(gw, "mixed.example.com")
@@ -510,7 +537,7 @@ async def test_learn_failure_gives_servfail() -> None:
         up.answers[("a.example.com", "A")] = Canned(
             answer=[("a.example.com", 60, "A", "192.0.2.1")]
         )
-        stats = GatewayStats()
+        stats = Seen()
         async with running(make_policy("a.example.com"), up, Learner(fail=True), stats=stats) as gw:
             reply = await ask(gw, "a.example.com")
     assert reply.rcode() == dns.rcode.SERVFAIL
@@ -541,7 +568,7 @@ async def test_upstream_down_gives_servfail_quickly() -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.bind(("127.0.0.1", 0))
             closed_port = s.getsockname()[1]
-        stats = GatewayStats()
+        stats = Seen()
         async with running(make_policy("a.example.com"), up, stats=stats) as gw:
             start = time.monotonic()
             reply = await ask(gw, "a.example.com")
@@ -659,7 +686,7 @@ async def test_edns_version_above_0_gets_badvers() -> None:
         up.answers[("a.example.com", "A")] = Canned(
             answer=[("a.example.com", 60, "A", "192.0.2.1")]
         )
-        stats = GatewayStats()
+        stats = Seen()
         async with running(make_policy("a.example.com"), up, stats=stats) as gw:
             reply = await ask(gw, "a.example.com", edns=1)
             denied = await ask(gw, "b.example.com", edns=1)
@@ -679,7 +706,7 @@ async def test_refused_by_every_resolver_is_passed_as_refused() -> None:
         for up in (one, two):
             up.recursion_available = False
             up.answers[("a.example.com", "A")] = Canned(rcode=dns.rcode.REFUSED)
-        stats = GatewayStats()
+        stats = Seen()
         policy = make_policy("a.example.com")
         servers = ("127.0.0.1", "127.0.0.2")
         async with running(policy, one, servers=servers, stats=stats) as gw:
@@ -717,7 +744,7 @@ async def test_ra_bit_is_the_upstream_one() -> None:
 async def test_queries_the_kernel_dropped_are_counted() -> None:
     """Queries lost to a full socket receive queue are counted as dropped (SO_RXQ_OVFL)."""
     async with upstream_server() as up:
-        stats = GatewayStats()
+        stats = Seen()
         async with running(make_policy("a.example.com"), up, stats=stats) as gw:
             wire = dns.message.make_query("denied.example.org", "A").to_wire()
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -778,7 +805,7 @@ async def test_malformed_packets_do_not_kill_the_server() -> None:
         up.answers[("a.example.com", "A")] = Canned(
             answer=[("a.example.com", 60, "A", "192.0.2.1")]
         )
-        stats = GatewayStats()
+        stats = Seen()
         async with running(make_policy("a.example.com"), up, stats=stats) as gw:
             loop = asyncio.get_running_loop()
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -842,7 +869,7 @@ async def test_added_latency_excludes_upstream_time() -> None:
         up.answers[("a.example.com", "A")] = Canned(
             answer=[("a.example.com", 60, "A", "192.0.2.1")]
         )
-        stats = GatewayStats()
+        stats = Seen()
         async with running(make_policy("a.example.com"), up, stats=stats) as gw:
             start = time.monotonic()
             await ask(gw, "a.example.com")

@@ -1,8 +1,7 @@
-"""Unit tests of fenced.ops.metrics: values move, own registry, adapters, promtool-clean output."""
+"""Unit tests of fenced.ops.metrics: values move, own registry, events, promtool-clean output."""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
 import random
@@ -14,15 +13,25 @@ from prometheus_client import REGISTRY
 
 from fenced import __version__
 from fenced.core.cache import CacheEntry
-from fenced.core.elements import Element, SetOp, ipv4_key
+from fenced.core.events import (
+    AddressDropped,
+    CgroupsWritten,
+    ConfigLoaded,
+    GatewayLost,
+    GatewayQuery,
+    LookupDone,
+    LookupStarted,
+    NameCapped,
+    SetsWritten,
+    TableRepaired,
+)
 from fenced.core.model import Config, DaemonConfig, IPAddress, Policy, PortSpec, Target
 from fenced.core.ruleset import layout, script
 from fenced.dns.answers import Answer
 from fenced.dns.refresher import FakeClock, Learned, NameStatus, Refresher, refresh_inputs
 from fenced.dns.resolver import FakeResolver
-from fenced.errors import FirewallError
 from fenced.kernel.firewall import FakeFirewall
-from fenced.ops.metrics import Metrics, MetricsStats, TimedFirewall, TimedResolver, policy_counts
+from fenced.ops.metrics import Metrics, policy_counts
 
 A = ipaddress.IPv4Address("192.0.2.1")
 B = ipaddress.ip_address("192.0.2.2")
@@ -50,18 +59,6 @@ def _names(entries: dict[str, tuple[IPAddress, ...]]) -> dict[str, NameStatus]:
         )
         for name, ips in entries.items()
     }
-
-
-class StepClock:
-    """A perf_counter stand-in that moves ``step`` seconds per reading."""
-
-    def __init__(self, step: float) -> None:
-        self.t = 0.0
-        self.step = step
-
-    def __call__(self) -> float:
-        self.t += self.step
-        return self.t
 
 
 def test_own_registry_not_global() -> None:
@@ -217,90 +214,49 @@ def test_render_has_no_created_series() -> None:
     assert "# TYPE fenced_dns_query_duration_seconds histogram" in text
 
 
-async def test_metrics_stats_adapter() -> None:
-    """MetricsStats keeps Stats' counters and feeds lag, caps, filtered, elements."""
+def test_observe_counts_each_event() -> None:
+    """Metrics.observe turns every kind of engine event into its series."""
     m = Metrics()
-    stats = MetricsStats(m)
-    stats.refresh_lag(0.25)
-    stats.capped_name("a.test", 3)
-    stats.filtered_address("a.test", PRIV, "s4")
-    stats.write_result("ok", 4)
-    stats.write_result("error", 9)
-    stats.dns_result("a.test", "ok")
-    assert (stats.lag_count, stats.capped, stats.filtered, stats.elements) == (1, 1, 1, 4)
-    assert stats.writes == {"ok": 1, "error": 1}
-    assert _value(m, "fenced_refresh_lag_seconds_count") == 1
-    assert _value(m, "fenced_names_capped_total") == 1
-    assert _value(m, "fenced_private_addresses_dropped_total") == 1
-    assert _value(m, "fenced_set_elements_written_total") == 4
-    # lookups and transactions are the wrappers' to count, not the adapter's
-    assert _value(m, "fenced_dns_queries_total", result="ok") == 0
-    assert _value(m, "fenced_set_updates_total", result="ok") == 0
-
-
-async def test_timed_resolver_counts_status_and_duration() -> None:
-    """TimedResolver records each answer's status and time; a raising resolver is 'error'."""
-    m = Metrics()
-    fake = FakeResolver()
-    fake.script("a.test", Answer.ok([A], 60))
-    fake.script("boom.test", RuntimeError("bug"))
-    timed = TimedResolver(fake, m, clock=StepClock(0.05))
-    assert (await timed.resolve("a.test")).status == "ok"
-    assert (await timed.resolve("gone.test")).status == "nxdomain"
-    with pytest.raises(RuntimeError):
-        await timed.resolve("boom.test")
+    for event in (
+        LookupStarted("a.test", 0.25),
+        LookupDone("a.test", "ok", 0.05),
+        LookupDone("b.test", "timeout", 2.0),
+        NameCapped("a.test", 3),
+        AddressDropped("a.test", PRIV, set="s4"),
+        AddressDropped("a.test", PRIV, policy="web"),
+        SetsWritten("ok", 4, 0.002),
+        SetsWritten("error", 9, 0.02),
+        GatewayQuery("web", "allowed", 0.003),
+        GatewayLost("web", 5),
+        ConfigLoaded(True, 1_700_000_000.0, initial=True),
+        ConfigLoaded(False, 1_700_000_100.0),
+        TableRepaired(),
+        CgroupsWritten(),
+    ):
+        m.observe(event)
+    assert _value(m, "fenced_refresh_lag_seconds_sum") == 0.25
     assert _value(m, "fenced_dns_queries_total", result="ok") == 1
-    assert _value(m, "fenced_dns_queries_total", result="nxdomain") == 1
-    assert _value(m, "fenced_dns_queries_total", result="error") == 1
-    assert _value(m, "fenced_dns_query_duration_seconds_count") == 3
-    assert _value(m, "fenced_dns_query_duration_seconds_sum") == pytest.approx(0.15)
-
-
-async def test_timed_resolver_closes_inner_after_lookups_in_flight() -> None:
-    """TimedResolver.close closes the wrapped resolver at once, or when its last lookup ends."""
-    gate = asyncio.Event()
-
-    async def wait(_seconds: float) -> None:
-        await gate.wait()
-
-    fake = FakeResolver(wait)
-    fake.delay("slow.test", 1.0)
-    timed = TimedResolver(fake, Metrics())
-    await timed.close()
-    assert fake.closed == 1
-    lookup = asyncio.create_task(timed.resolve("slow.test"))
-    await asyncio.sleep(0)
-    await timed.close()
-    assert fake.closed == 1  # a lookup is still running on it
-    gate.set()
-    assert (await lookup).status == "nxdomain"
-    assert fake.closed == 2
-
-
-async def test_timed_firewall_counts_applies() -> None:
-    """TimedFirewall counts non-empty applies by result and passes everything through."""
-    m = Metrics()
-    fake = FakeFirewall()
-    await fake.install("add table inet t\ntable inet t {\n\tset s {\n\t}\n}\n")
-    fw = TimedFirewall(fake, m, clock=StepClock(0.001))
-    op = SetOp("add", "inet", "t", "s", (Element(ipv4_key(A), timeout_ms=1000),))
-    await fw.apply([])
-    await fw.apply([op])
-    fake.fail_next = FirewallError("apply", "refused")
-    with pytest.raises(FirewallError):
-        await fw.apply([op])
+    assert _value(m, "fenced_dns_queries_total", result="timeout") == 1
+    assert _value(m, "fenced_dns_query_duration_seconds_sum") == pytest.approx(2.05)
+    assert _value(m, "fenced_names_capped_total") == 1
+    assert _value(m, "fenced_private_addresses_dropped_total") == 2
     assert _value(m, "fenced_set_updates_total", result="ok") == 1
     assert _value(m, "fenced_set_updates_total", result="error") == 1
     assert _value(m, "fenced_set_update_duration_seconds_count") == 2
-    assert len(await fw.dump("t", "s")) == 1
-    assert (await fw.existing("t")) is not None
-    assert await fw.counters("t") == {}
-    await fw.delete_table("t")
-    assert fake.tables == {}
+    assert _value(m, "fenced_set_elements_written_total") == 4  # failed writes wrote none
+    assert _value(m, "fenced_gateway_queries_total", policy="web", result="allowed") == 1
+    assert _value(m, "fenced_gateway_queries_total", policy="web", result="dropped") == 5
+    assert _value(m, "fenced_gateway_latency_seconds_count") == 1  # lost queries: no time
+    assert _value(m, "fenced_config_reloads_total", result="ok") == 0  # start-up load
+    assert _value(m, "fenced_config_reloads_total", result="error") == 1
+    assert _value(m, "fenced_config_last_reload_successful") == 0
+    assert _value(m, "fenced_config_last_reload_success_timestamp_seconds") == 1_700_000_000.0
+    assert _value(m, "fenced_table_repairs_total") == 1
+    assert _value(m, "fenced_cgroup_updates_total") == 1
 
 
-async def test_refresher_feeds_metrics_through_adapters() -> None:
-    """A refresher built with MetricsStats and the wrappers moves lookups, writes and lag."""
+async def test_refresher_feeds_metrics() -> None:
+    """A refresher observed by Metrics moves lookups (with durations), writes and lag."""
     clock = FakeClock()
     m = Metrics()
     policy = Policy("web", uids=(1000,), outbound=(_target("a.test"),), dns="direct")
@@ -310,22 +266,20 @@ async def test_refresher_feeds_metrics_through_adapters() -> None:
     await fake.install(script(cfg, lay))
     dns = FakeResolver(clock.sleep)
     dns.script("a.test", Answer.ok([A, V6], 60))
-    ref = Refresher(
-        TimedFirewall(fake, m),
-        TimedResolver(dns, m),
-        clock=clock,
-        rng=random.Random(1),
-        stats=MetricsStats(m),
-    )
+    dns.delay("a.test", 0.5)
+    ref = Refresher(fake, dns, clock=clock, rng=random.Random(1), observe=m.observe)
     await ref.start(cfg.daemon, refresh_inputs(cfg, lay))
     try:
-        await clock.advance(61.5)
+        await clock.advance(62.5)
         m.update_policies(cfg, ref.status())
     finally:
         await ref.stop()
     assert _value(m, "fenced_dns_queries_total", result="ok") == 2
+    assert _value(m, "fenced_dns_query_duration_seconds_sum") == pytest.approx(1.0)
     assert _value(m, "fenced_refresh_lag_seconds_count") == 2
-    assert (_value(m, "fenced_set_updates_total", result="ok") or 0) >= 2
+    writes = _value(m, "fenced_set_updates_total", result="ok") or 0
+    assert writes >= 2
+    assert _value(m, "fenced_set_update_duration_seconds_count") == writes
     assert (_value(m, "fenced_set_elements_written_total") or 0) >= 2
     assert _value(m, "fenced_allowed_ips", policy="web", family="ipv4") == 1
     assert _value(m, "fenced_allowed_ips", policy="web", family="ipv6") == 1

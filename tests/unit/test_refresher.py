@@ -15,9 +15,17 @@ import itertools
 import math
 import random
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fenced.core.elements import DumpedElement, Element, SetOp, ipv4_key, key_to_ip
+from fenced.core.events import (
+    AddressDropped,
+    Event,
+    LookupDone,
+    LookupStarted,
+    NameCapped,
+    SetsWritten,
+)
 from fenced.core.model import Config, DaemonConfig, IPAddress, Policy, PortSpec, Target
 from fenced.core.planner import SetTarget
 from fenced.core.ruleset import layout
@@ -135,6 +143,7 @@ class Rig:
     ref: Refresher
     logs: io.StringIO
     t0: float
+    seen: list[Event] = field(default_factory=list)
 
     async def at(self, t: float) -> None:
         """Advance the clock to ``t0 + t``."""
@@ -143,6 +152,18 @@ class Rig:
     def events(self, name: str) -> list[str]:
         """Log lines of event ``name``."""
         return [line for line in self.logs.getvalue().splitlines() if f"event={name} " in line]
+
+    def lookups(self, status: str) -> int:
+        """How many lookups the refresher reported ending with ``status``."""
+        return sum(1 for e in self.seen if isinstance(e, LookupDone) and e.status == status)
+
+    def writes(self, result: str) -> int:
+        """How many set transactions the refresher reported ending with ``result``."""
+        return sum(1 for e in self.seen if isinstance(e, SetsWritten) and e.result == result)
+
+    def count(self, kind: type[Event]) -> int:
+        """How many events of ``kind`` the refresher reported."""
+        return sum(1 for e in self.seen if isinstance(e, kind))
 
 
 @contextlib.asynccontextmanager
@@ -167,15 +188,17 @@ async def running(
     for name, seconds in (delays or {}).items():
         dns.delay(name, seconds)
     logs = io.StringIO()
+    seen: list[Event] = []
     ref = Refresher(
         fw,
         dns,
         clock=clock,
         rng=random.Random(7),
+        observe=seen.append,
         logger=Logger(logs, level="debug"),
         **kw,  # type: ignore[arg-type]
     )
-    rig = Rig(clock, fw, dns, ref, logs, clock.now())
+    rig = Rig(clock, fw, dns, ref, logs, clock.now(), seen)
     await ref.start(daemon, RefreshInputs.from_names(targets))
     try:
         yield rig
@@ -199,7 +222,7 @@ async def test_first_resolution_writes_timeouts() -> None:
         assert r.fw.live("s6") == {V6: r.t0 + 90}
         elements = r.fw.tables[TABLE].sets["s4"]
         assert [e.timeout_ms for e in elements.values()] == [90_000]
-        assert r.ref.stats.dns["ok"] == 1
+        assert r.lookups("ok") == 1
         st = r.ref.status()["a.test"]
         assert st.last_status == "ok" and set(st.ips) == {A, V6}
 
@@ -262,7 +285,7 @@ async def test_nxdomain_runs_ips_out_and_reasks_after_min_ttl() -> None:
         times = r.dns.times["a.test"]
         gaps = [b - a for a, b in itertools.pairwise(times[1:])]
         assert len(gaps) > 50 and all(5 <= g <= 5.5 for g in gaps)  # min_ttl, no backoff
-        assert r.ref.stats.dns["nxdomain"] == len(times) - 1
+        assert r.lookups("nxdomain") == len(times) - 1
         # The name appears: picked up within min_ttl (+ jitter).
         r.dns.script("a.test", ok(B))
         await r.at(405.6)
@@ -330,7 +353,7 @@ async def test_servfail_keeps_ips_until_stale_then_removes() -> None:
         gaps = [math.floor(b - a) for a, b in itertools.pairwise(times[1:])]
         assert gaps[:6] == [1, 2, 4, 8, 16, 32]
         assert max(gaps) == 60
-        assert r.ref.stats.dns["servfail"] == len(times) - 1
+        assert r.lookups("servfail") == len(times) - 1
         assert len(r.events("dns_failed")) >= 2
         assert "level=warning" in r.events("dns_failed")[0]
 
@@ -341,7 +364,7 @@ async def test_timeout_is_a_failure_too() -> None:
     async with running({"a.test": (S4,)}, answers) as r:
         await r.at(200)
         assert abs(r.fw.live("s4")[A] - (r.t0 + 360)) < 0.01
-        assert r.ref.stats.dns["timeout"] >= 1
+        assert r.lookups("timeout") >= 1
 
 
 async def test_lookup_slower_than_grace_keeps_ips_until_the_failure_is_known() -> None:
@@ -356,7 +379,7 @@ async def test_lookup_slower_than_grace_keeps_ips_until_the_failure_is_known() -
             assert A in r.fw.live("s4"), f"lapsed at t0+{t}"
         await r.at(12)
         assert A in r.fw.live("s4")  # now kept by stale (deadline + 30)
-        assert r.ref.stats.dns["timeout"] >= 1
+        assert r.lookups("timeout") >= 1
 
 
 async def test_recovery_removes_stale_ips() -> None:
@@ -388,7 +411,7 @@ async def test_private_addresses_filtered_per_policy() -> None:
         await r.at(200)
         assert set(r.fw.live("s4")) == {A}
         assert set(r.fw.live("p4")) == {A, PRIV}
-        assert r.ref.stats.filtered == 1
+        assert r.count(AddressDropped) == 1
         assert len(r.events("private_address_dropped")) == 1
 
 
@@ -399,7 +422,7 @@ async def test_max_ips_cap() -> None:
     async with running({"a.test": (S4,)}, {"a.test": [many]}, daemon=daemon) as r:
         await r.at(130)
         assert set(r.fw.live("s4")) == {A, B}
-        assert r.ref.stats.capped >= 2
+        assert r.count(NameCapped) >= 2
         assert len(r.events("dns_too_many_ips")) == 1
 
 
@@ -417,11 +440,11 @@ async def test_firewall_failure_is_retried() -> None:
         r.fw.fail_next = FirewallError("add elements to s4", "Cannot allocate memory", 12)
         await r.at(0)
         assert r.fw.live("s4") == {}
-        assert r.ref.stats.writes["error"] == 1
+        assert r.writes("error") == 1
         assert len(r.events("set_write_failed")) == 1
         await r.at(1)
         assert r.fw.live("s4") == {A: r.t0 + 90}
-        assert r.ref.stats.writes["ok"] == 1
+        assert r.writes("ok") == 1
 
 
 async def test_write_failure_from_outside_change_heals() -> None:
@@ -432,10 +455,10 @@ async def test_write_failure_from_outside_change_heals() -> None:
         r.fw.tables[TABLE].sets["s4"].clear()  # e.g. `nft flush set` by an operator
         r.dns.script("a.test", ok(B))
         await r.at(214)
-        assert r.ref.stats.writes["error"] == 1  # "delete A" named a missing element
+        assert r.writes("error") == 1  # "delete A" named a missing element
         await r.at(216)
         assert set(r.fw.live("s4")) == {B}
-        assert r.ref.stats.writes["error"] == 1
+        assert r.writes("error") == 1
 
 
 async def test_resolver_exception_does_not_stop_engine() -> None:
@@ -443,7 +466,7 @@ async def test_resolver_exception_does_not_stop_engine() -> None:
     answers: dict[str, list[Answer | Exception]] = {"a.test": [RuntimeError("boom"), ok(A)]}
     async with running({"a.test": (S4,)}, answers) as r:
         await r.at(2)
-        assert r.ref.stats.dns["error"] == 1
+        assert r.lookups("error") == 1
         assert set(r.fw.live("s4")) == {A}
 
 
@@ -528,7 +551,9 @@ async def test_queries_in_flight_are_bounded() -> None:
         await r.at(5)
         assert r.dns.max_in_flight <= 3
         assert len(r.fw.live("s4")) == 10
-        assert r.ref.stats.lag_max > 0  # some had to wait for a free slot
+        assert (
+            max(e.lag for e in r.seen if isinstance(e, LookupStarted)) > 0
+        )  # some had to wait for a free slot
 
 
 async def test_results_close_together_share_one_transaction() -> None:
@@ -599,3 +624,39 @@ async def test_targets_from_layout() -> None:
         (6, False),
         (6, True),
     ]
+
+
+async def test_writes_and_lookups_are_reported_with_their_sizes_and_times() -> None:
+    """Each lookup is reported with its status and duration, each write with its elements."""
+    async with running({"a.test": (S4, S6)}, {"a.test": [ok(A, V6)]}, delays={"a.test": 2}) as r:
+        await r.at(3)
+        assert [(e.status, e.seconds) for e in r.seen if isinstance(e, LookupDone)] == [("ok", 2)]
+        writes = [e for e in r.seen if isinstance(e, SetsWritten)]
+        assert [(e.result, e.elements) for e in writes] == [("ok", 2)]
+
+
+async def test_configure_with_a_new_resolver_closes_the_old_after_its_lookups() -> None:
+    """A resolver replaced at configure is closed once its lookup in flight ends, not before."""
+    async with running({"a.test": (S4,)}, {"a.test": [ok(A)]}, delays={"a.test": 3}) as r:
+        await r.at(1)
+        new = FakeResolver(r.clock.sleep)
+        new.script("a.test", ok(B))
+        await r.ref.configure(DAEMON, RefreshInputs.from_names({"a.test": (S4,)}), new)
+        assert r.ref.resolver is new
+        assert r.dns.closed == 0  # its lookup of a.test is still running
+        await r.at(4)
+        assert r.dns.closed == 1
+        assert set(r.fw.live("s4")) == {A}  # the old resolver's answer still counts
+        await r.at(70)
+        assert new.queries["a.test"] == 1 and set(r.fw.live("s4")) == {A, B}
+        assert new.closed == 0
+    assert new.closed == 1 and r.dns.closed == 1  # stop closes the one in use
+
+
+async def test_configure_with_an_idle_resolver_closes_it_at_once() -> None:
+    """A replaced resolver with no lookup in flight is closed before configure returns."""
+    async with running({"a.test": (S4,)}, {"a.test": [ok(A)]}) as r:
+        await r.at(1)
+        new = FakeResolver(r.clock.sleep)
+        await r.ref.configure(DAEMON, RefreshInputs.from_names({"a.test": (S4,)}), new)
+        assert r.dns.closed == 1 and new.closed == 0
