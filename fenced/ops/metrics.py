@@ -242,6 +242,7 @@ class Metrics:
             self._reloads.labels(result)
         self._policy_labels: set[str] = set()
         self._ip_labels: set[tuple[str, str]] = set()
+        self._gateway_labels: set[tuple[str, str]] = set()
         self._view = _WithoutCreated(r)
 
     # ------------------------------------------------------------------ events
@@ -329,11 +330,13 @@ class Metrics:
     def gateway_query(self, policy: str, result: str, seconds: float) -> None:
         """The DNS gateway answered a query of ``policy`` with ``result`` in ``seconds``."""
         self._gateway_queries.labels(policy, result).inc()
+        self._gateway_labels.add((policy, result))
         self._gateway_latency.observe(max(0.0, seconds))
 
     def gateway_lost(self, policy: str, count: int) -> None:
         """The kernel dropped ``count`` queries to ``policy``'s gateway (result ``dropped``)."""
         self._gateway_queries.labels(policy, "dropped").inc(count)
+        self._gateway_labels.add((policy, "dropped"))
 
     # ------------------------------------------------------------------ state
     def set_denied(self, policy: str, direction: str, packets: float) -> None:
@@ -367,8 +370,16 @@ class Metrics:
         self._ip_labels.add((policy, label))
 
     def forget_policies(self, keep: Iterable[str]) -> None:
-        """Drop every per-policy series (gauges and denials) of policies not in ``keep``."""
+        """Drop every per-policy series of policies not in ``keep``.
+
+        Gauges, gateway query counters and denial counters go; the gateway latency
+        histogram has no policy label and stays.
+        """
         kept = set(keep)
+        for policy, result in sorted(self._gateway_labels):
+            if policy not in kept:
+                self._gateway_queries.remove(policy, result)
+                self._gateway_labels.discard((policy, result))
         for policy in sorted(self._policy_labels - kept):
             self._domains.remove(policy)
             self._policy_labels.discard(policy)

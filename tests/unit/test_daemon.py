@@ -356,6 +356,30 @@ async def test_open_fds_stay_flat_over_reloads_that_change_resolvers(tmp_path: P
 # ------------------------------------------------------------------------------ telemetry
 
 
+async def test_gateway_queries_and_reloads_reach_metrics_and_removed_policies_leave(
+    tmp_path: Path,
+) -> None:
+    """Gateway queries and reloads are counted; a policy removed by a reload loses its series."""
+    records = {"a.test": ["192.0.2.7"]}
+    async with gateway_daemon(tmp_path, records) as (daemon, _fw, _monitor, port):
+        metrics = daemon.metrics.registry
+        assert (await ask(port, "a.test")).rcode() == dns.rcode.NOERROR
+        assert (await ask(port, "b.test")).rcode() == dns.rcode.NXDOMAIN  # not allowed
+        web = {"policy": "web", "result": "allowed"}
+        assert metrics.get_sample_value("fenced_gateway_queries_total", web) == 1
+        denied = {"policy": "web", "result": "denied"}
+        assert metrics.get_sample_value("fenced_gateway_queries_total", denied) == 1
+        assert metrics.get_sample_value("fenced_config_reloads_total", {"result": "ok"}) == 0
+
+        (tmp_path / "fenced.toml").write_text(GATEWAY_CONFIG.replace("policy.web", "policy.api"))
+        assert await daemon.reload()
+        await daemon.refresh_counters()
+        assert metrics.get_sample_value("fenced_config_reloads_total", {"result": "ok"}) == 1
+        assert metrics.get_sample_value("fenced_gateway_queries_total", web) is None
+        assert metrics.get_sample_value("fenced_gateway_queries_total", denied) is None
+        assert metrics.get_sample_value("fenced_domains", {"policy": "api"}) == 1
+
+
 async def test_reload_hands_the_refresher_a_new_resolver_only_when_resolvers_change(
     tmp_path: Path,
 ) -> None:

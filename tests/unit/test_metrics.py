@@ -255,6 +255,21 @@ def test_observe_counts_each_event() -> None:
     assert _value(m, "fenced_cgroup_updates_total") == 1
 
 
+def test_forget_policies_drops_gateway_queries() -> None:
+    """A policy no longer configured loses its fenced_gateway_queries_total series too."""
+    m = Metrics()
+    m.gateway_query("web", "allowed", 0.001)
+    m.gateway_lost("web", 2)
+    m.gateway_query("api", "denied", 0.001)
+    m.forget_policies(["api"])
+    assert _value(m, "fenced_gateway_queries_total", policy="web", result="allowed") is None
+    assert _value(m, "fenced_gateway_queries_total", policy="web", result="dropped") is None
+    assert _value(m, "fenced_gateway_queries_total", policy="api", result="denied") == 1
+    assert _value(m, "fenced_gateway_latency_seconds_count") == 2
+    m.gateway_query("web", "allowed", 0.001)  # back again: counts from 0
+    assert _value(m, "fenced_gateway_queries_total", policy="web", result="allowed") == 1
+
+
 async def test_refresher_feeds_metrics() -> None:
     """A refresher observed by Metrics moves lookups (with durations), writes and lag."""
     clock = FakeClock()
