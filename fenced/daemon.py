@@ -23,7 +23,6 @@ from fenced.config.files import load
 from fenced.core.elements import Element, SetOp, Verdict, cgroup_key
 from fenced.core.events import CgroupsWritten, ConfigLoaded, TableRepaired
 from fenced.core.model import Config, IPAddress, LogLevel, Target
-from fenced.core.planner import SetTarget
 from fenced.core.ruleset import Layout, cgroup_elements, delete_chains_script, layout, script
 from fenced.dns.gateway import Gateway
 from fenced.dns.refresher import Learned, Refresher, RefreshInputs, refresh_inputs
@@ -548,18 +547,11 @@ class Daemon:
         ttl: int,
     ) -> None:
         """The gateways' hook: put an answer's addresses in the policy's sets, then return."""
-        cfg, lay, refresher = self.config, self.layout, self.refresher
-        if cfg is None or lay is None or refresher is None:
+        inputs, refresher = self.inputs, self.refresher
+        if inputs is None or refresher is None:
             raise FirewallError("learn", "fenced is not running yet")
-        allow = cfg.policy(policy).allow_private
-        sets = {
-            SetTarget(ds.name, ds.family, allow)
-            for t in targets
-            if t.domain is not None
-            for ds in lay.sets_for(t.domain)
-            if ds.policy == policy
-        }
-        await refresher.learn(Learned(policy, qname), sorted(sets, key=lambda t: t.name), ips, ttl)
+        sets = inputs.sets_for(policy, (t.domain for t in targets if t.domain is not None))
+        await refresher.learn(Learned(policy, qname), sets, ips, ttl)
 
     # ------------------------------------------------------------------ status (HTTP)
     def health(self) -> tuple[bool, str]:

@@ -40,7 +40,7 @@ import itertools
 import random
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -58,7 +58,7 @@ from fenced.core.events import (
 )
 from fenced.core.model import Config, DaemonConfig, IPAddress
 from fenced.core.planner import Plan, Planner, SetTarget
-from fenced.core.ruleset import DomainSet, Layout
+from fenced.core.ruleset import Layout
 from fenced.dns.answers import Answer
 from fenced.dns.resolver import Resolver
 from fenced.errors import FirewallError
@@ -216,12 +216,15 @@ class RefreshInputs:
     which gateway answers fill through ``Refresher.learn``. A set left out of ``sets`` is
     one the refresher forgets, with every address learned for it, so build this value
     with :func:`refresh_inputs` (or :meth:`from_names`) and pass the same kind of value
-    at start, reload and repair. Raises ValueError when ``names`` holds a wildcard or a
-    set that ``sets`` lacks.
+    at start, reload and repair. ``policies`` maps each policy to its domain entries
+    (wildcards included) and the sets each one's addresses go in: what
+    :meth:`sets_for` answers for a gateway answer. Raises ValueError when ``names`` holds
+    a wildcard, or ``names`` or ``policies`` a set that ``sets`` lacks.
     """
 
     names: Mapping[str, tuple[SetTarget, ...]]
     sets: tuple[SetTarget, ...]
+    policies: Mapping[str, Mapping[str, tuple[SetTarget, ...]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         known = {t.name for t in self.sets}
@@ -231,10 +234,31 @@ class RefreshInputs:
             for t in targets:
                 if t.name not in known:
                     raise ValueError(f"refresher inputs: set {t.name} of {name} is not declared")
+        for policy, entries in self.policies.items():
+            for entry, targets in entries.items():
+                for t in targets:
+                    if t.name not in known:
+                        raise ValueError(
+                            f"refresher inputs: set {t.name} of {policy}'s {entry} is not declared"
+                        )
+
+    def sets_for(self, policy: str, entries: Iterable[str]) -> tuple[SetTarget, ...]:
+        """The sets ``policy``'s domain ``entries`` put addresses in: each once, by name.
+
+        An entry the policy does not list adds none. Raises KeyError for a policy these
+        inputs do not know.
+        """
+        known = self.policies[policy]
+        found = {t for entry in entries for t in known.get(entry, ())}
+        return tuple(sorted(found, key=lambda t: t.name))
 
     @classmethod
     def from_names(
-        cls, names: Mapping[str, Sequence[SetTarget]], sets: Sequence[SetTarget] = ()
+        cls,
+        names: Mapping[str, Sequence[SetTarget]],
+        sets: Sequence[SetTarget] = (),
+        *,
+        policies: Mapping[str, Mapping[str, tuple[SetTarget, ...]]] | None = None,
     ) -> RefreshInputs:
         """``names`` with every set they name, plus ``sets`` (e.g. wildcard-only ones)."""
         every: dict[str, SetTarget] = {}
@@ -243,6 +267,7 @@ class RefreshInputs:
         return cls(
             {k: tuple(v) for k, v in names.items()},
             tuple(sorted(every.values(), key=lambda t: t.name)),
+            policies or {},
         )
 
 
@@ -250,18 +275,24 @@ def refresh_inputs(config: Config, lay: Layout) -> RefreshInputs:
     """The refresher's inputs for ``config`` installed as ``lay``: every name, every set.
 
     Each exact domain maps to the sets of every policy listing it; every domain set of
-    ``lay`` is declared, the groups only wildcard entries feed included.
+    ``lay`` is declared, the groups only wildcard entries feed included; every policy of
+    ``config`` has its entries' sets (see :meth:`RefreshInputs.sets_for`).
     """
     allow = {p.name: p.allow_private for p in config.policies}
-
-    def target(ds: DomainSet) -> SetTarget:
-        return SetTarget(ds.name, ds.family, allow.get(ds.policy, False))
-
-    domains = sorted({d for ds in lay.domain_sets for d in ds.domains if not d.startswith("*.")})
-    return RefreshInputs.from_names(
-        {d: tuple(target(ds) for ds in lay.sets_for(d)) for d in domains},
-        tuple(target(ds) for ds in lay.domain_sets),
-    )
+    targets = {
+        ds.name: SetTarget(ds.name, ds.family, allow.get(ds.policy, False))
+        for ds in lay.domain_sets
+    }
+    policies: dict[str, dict[str, tuple[SetTarget, ...]]] = {p.name: {} for p in config.policies}
+    names: dict[str, tuple[SetTarget, ...]] = {}
+    for d in sorted({d for ds in lay.domain_sets for d in ds.domains}):
+        sets = lay.sets_for(d)
+        if not d.startswith("*."):
+            names[d] = tuple(targets[ds.name] for ds in sets)
+        for ds in sets:
+            entries = policies.setdefault(ds.policy, {})
+            entries[d] = (*entries.get(d, ()), targets[ds.name])
+    return RefreshInputs.from_names(names, tuple(targets.values()), policies=policies)
 
 
 @dataclass

@@ -17,6 +17,8 @@ import random
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import pytest
+
 from fenced.core.elements import DumpedElement, Element, SetOp, ipv4_key, key_to_ip
 from fenced.core.events import (
     AddressDropped,
@@ -624,6 +626,46 @@ async def test_targets_from_layout() -> None:
         (6, False),
         (6, True),
     ]
+
+
+def test_sets_for_answers_per_policy_and_entry() -> None:
+    """sets_for gives one policy's sets of the entries asked, wildcards too, others' never."""
+    spec = PortSpec(("tcp",))
+    cfg = Config(
+        DaemonConfig(),
+        (
+            Policy(
+                "p1",
+                uids=(1,),
+                outbound=(
+                    Target("*.w.test", PortSpec(("udp",)), domain="*.w.test"),
+                    Target("a.test", spec, domain="a.test"),
+                ),
+            ),
+            Policy(
+                "p2",
+                uids=(2,),
+                outbound=(Target("a.test", spec, domain="a.test"),),
+                allow_private=True,
+            ),
+            Policy("p3", uids=(3,), outbound=()),
+        ),
+    )
+    lay = layout(cfg)
+    inputs = refresh_inputs(cfg, lay)
+
+    def names(policy: str, domain: str) -> list[str]:
+        return sorted(ds.name for ds in lay.sets_for(domain) if ds.policy == policy)
+
+    p1 = inputs.sets_for("p1", ["a.test", "*.w.test", "other.test"])
+    assert [t.name for t in p1] == sorted({*names("p1", "a.test"), *names("p1", "*.w.test")})
+    assert len(p1) == 4 and not any(t.allow_private for t in p1)
+    p2 = inputs.sets_for("p2", ["a.test", "*.w.test"])
+    assert [t.name for t in p2] == names("p2", "a.test")
+    assert all(t.allow_private for t in p2) and len(p2) == 2
+    assert inputs.sets_for("p3", ["a.test"]) == ()
+    with pytest.raises(KeyError):
+        inputs.sets_for("gone", ["a.test"])
 
 
 async def test_writes_and_lookups_are_reported_with_their_sizes_and_times() -> None:
