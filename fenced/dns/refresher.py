@@ -515,11 +515,6 @@ class Refresher:
             for n in sorted(self._names.values(), key=lambda n: n.name)
         }
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        """The configured names, sorted."""
-        return tuple(sorted(self._names))
-
     # ------------------------------------------------------------------ plumbing
     def _new_cache(self, d: DaemonConfig) -> DnsCache[SourceKey]:
         return DnsCache(

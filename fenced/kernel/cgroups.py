@@ -13,7 +13,6 @@ import ctypes
 import ctypes.util
 import errno
 import os
-import struct
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -26,7 +25,6 @@ _IN_MOVE_SELF = 0x00000800
 _IN_MOVED_FROM = 0x00000040
 _IN_MOVED_TO = 0x00000080
 _IN_ONLYDIR = 0x01000000
-_IN_Q_OVERFLOW = 0x00004000
 _IN_NONBLOCK = 0o4000
 _IN_CLOEXEC = 0o2000000
 _MASK = (
@@ -38,7 +36,6 @@ _MASK = (
     | _IN_MOVED_TO
     | _IN_ONLYDIR
 )
-_EVENT = struct.Struct("iIII")
 
 
 def cgroup2_mount(mounts_text: str) -> str | None:
