@@ -4,13 +4,15 @@
 ``nft`` program for the static ruleset (one ``nft -f`` run is one kernel transaction)
 and ``fenced.kernel.netlink`` for set and map elements (fast, batched, all-or-nothing).
 ``FakeFirewall`` keeps an in-memory table and applies element batches all-or-nothing with
-the kernel's rules (deleting a missing element fails the whole batch), for unit tests.
+the kernel's rules (deleting a missing element fails the whole batch), for unit tests;
+``tests/kernel/test_firewall_contract.py`` checks that both give the same results.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import errno as errno_mod
 import json
 import re
 import shutil
@@ -19,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fenced.core.elements import DumpedElement, Element, SetOp
+from fenced.core.elements import DumpedElement, Element, SetOp, Verdict, uid_key
 from fenced.core.ruleset import Existing
 from fenced.errors import FirewallError
 from fenced.kernel.netlink import NftNetlink
@@ -176,6 +178,12 @@ class KernelFirewall:
 _DECL = re.compile(r"^\s*(chain|set|map|counter)\s+(\S+)\s*\{", re.MULTILINE)
 _DELETE = re.compile(r"^delete (chain|set|map|counter) inet (\S+) (\S+)$", re.MULTILINE)
 _ADD_TABLE = re.compile(r"^add table inet (\S+)$", re.MULTILINE)
+_FLUSH_MAP = re.compile(r"^flush map inet \S+ (\S+)$", re.MULTILINE)
+#: A uid or gid verdict map declared with elements, as ``fenced.core.ruleset`` renders it.
+_ID_MAP = re.compile(
+    r"^\s*map (\S+) \{\n\s*type (?:uid|gid) : verdict\n\s*elements = \{ (.*) \}$", re.MULTILINE
+)
+_ID_ELEMENT = re.compile(r"^(\d+) : jump (\S+)$")
 
 
 @dataclass
@@ -186,15 +194,21 @@ class FakeTable:
     sets: dict[str, dict[bytes, Element]] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
     script: str = ""
+    #: Which of ``sets`` are verdict maps (their elements need a verdict; a set's must not).
+    maps: set[str] = field(default_factory=set)
 
 
 class FakeFirewall:
     """An in-memory firewall with the kernel's all-or-nothing rules, for unit tests.
 
-    ``install`` understands the scripts ``fenced.core.ruleset.script`` produces (declarations
-    and deletions; elements of sets survive, as with ``flush table``). ``apply`` validates
-    the whole batch against the current state before changing anything. Set ``fail_next``
-    to make the next call raise, as a kernel error would.
+    ``install`` understands the scripts ``fenced.core.ruleset.script`` produces (declarations,
+    deletions, ``flush map`` and the elements of uid and gid maps; elements of sets survive,
+    as with ``flush table``). ``apply`` validates the whole batch against the current state
+    before changing anything, with the kernel's errors: ENOENT for a missing set or a
+    deleted missing element, EINVAL for a verdict given to a set or missing for a map,
+    EEXIST for a map element written with another verdict than the one it has; ops without
+    elements (other than ``flush``) are skipped, as ``NftNetlink.apply`` skips them. Set
+    ``fail_next`` to make the next call raise, as a kernel error would.
     """
 
     def __init__(self) -> None:
@@ -224,8 +238,15 @@ class FakeFirewall:
         name = m.group(1)
         old = self.tables.get(name, FakeTable())
         new = FakeTable(
-            set(old.chains), {k: dict(v) for k, v in old.sets.items()}, dict(old.counters)
+            set(old.chains),
+            {k: dict(v) for k, v in old.sets.items()},
+            dict(old.counters),
+            maps=set(old.maps),
         )
+        for obj in _FLUSH_MAP.findall(script):
+            if obj not in new.maps:
+                raise FirewallError("install ruleset", f"fake: no map {obj} to flush")
+            new.sets[obj].clear()
         for kind, _table, obj in _DELETE.findall(script):
             if kind == "chain" and obj in new.chains:
                 new.chains.discard(obj)
@@ -233,6 +254,7 @@ class FakeFirewall:
                 del new.counters[obj]
             elif kind in ("set", "map") and obj in new.sets:
                 del new.sets[obj]
+                new.maps.discard(obj)
             else:
                 raise FirewallError("install ruleset", f"fake: no {kind} {obj} to delete")
         for kind, obj in _DECL.findall(script):
@@ -242,6 +264,17 @@ class FakeFirewall:
                 new.counters.setdefault(obj, 0)
             else:
                 new.sets.setdefault(obj, {})
+                if kind == "map":
+                    new.maps.add(obj)
+        for obj, items in _ID_MAP.findall(script):
+            elems = new.sets[obj]
+            for item in items.split(", "):
+                m = _ID_ELEMENT.match(item)
+                if m is None:
+                    raise FirewallError("install ruleset", f"fake: cannot read element {item!r}")
+                el = Element(uid_key(int(m.group(1))), verdict=Verdict("jump", m.group(2)))
+                _check_verdict(elems, el, f"add elements to {obj}")
+                elems[el.key] = el
         new.script = script
         self.tables[name] = new
 
@@ -250,27 +283,29 @@ class FakeFirewall:
         self._maybe_fail("apply")
         staged = {name: {k: dict(v) for k, v in t.sets.items()} for name, t in self.tables.items()}
         for op in ops:
+            if op.action != "flush" and not op.elements:
+                continue  # nothing is sent to the kernel for it
+            what = f"{op.action} elements of {op.set}"
             sets = staged.get(op.table)
             if sets is None or op.set not in sets:
-                raise FirewallError(
-                    f"{op.action} elements of {op.set}", "No such file or directory", 2
-                )
+                raise FirewallError(what, "No such file or directory", errno_mod.ENOENT)
             elems = sets[op.set]
             if op.action == "flush":
                 elems.clear()
+            is_map = op.set in self.tables[op.table].maps
             for e in op.elements:
-                if op.action == "add":
-                    elems[e.key] = e
-                elif op.action == "delete":
+                if op.action != "delete" and (e.verdict is not None) != is_map:
+                    raise FirewallError(what, "Invalid argument", errno_mod.EINVAL)
+                if op.action == "delete":
                     if e.key not in elems:
-                        raise FirewallError(
-                            f"delete elements of {op.set}", "No such file or directory", 2
-                        )
+                        raise FirewallError(what, "No such file or directory", errno_mod.ENOENT)
                     del elems[e.key]
-                elif op.action == "refresh":
-                    elems[e.key] = e
-                elif op.action == "discard":
+                    continue
+                _check_verdict(elems, e, what)
+                if op.action == "discard":
                     elems.pop(e.key, None)
+                else:  # add, refresh
+                    elems[e.key] = e
         for name, sets in staged.items():
             self.tables[name].sets = sets
 
@@ -287,11 +322,20 @@ class FakeFirewall:
         ]
 
     async def counters(self, table: str) -> dict[str, int]:
-        """See ``Firewall.counters``."""
+        """See ``Firewall.counters`` (a missing table raises, as ``nft`` fails then)."""
         t = self.tables.get(table)
-        return dict(t.counters) if t is not None else {}
+        if t is None:
+            raise FirewallError("list counters", "No such file or directory")
+        return dict(t.counters)
 
     async def delete_table(self, table: str) -> None:
         """See ``Firewall.delete_table``."""
         self._maybe_fail("delete_table")
         self.tables.pop(table, None)
+
+
+def _check_verdict(elems: dict[bytes, Element], el: Element, what: str) -> None:
+    """Raise EEXIST, as the kernel does, if ``el`` exists in a map with another verdict."""
+    have = elems.get(el.key)
+    if have is not None and have.verdict != el.verdict:
+        raise FirewallError(what, "File exists", errno_mod.EEXIST)
