@@ -67,7 +67,7 @@ from bench.zonegen import Record, parse_ttl, zone
 from fenced.config.files import load
 from fenced.core.elements import SetOp
 from fenced.core.events import Event, LookupStarted
-from fenced.core.ruleset import layout, script
+from fenced.core.ruleset import install, layout
 from fenced.dns.answers import Answer
 from fenced.dns.refresher import MonotonicClock, Refresher, refresh_inputs
 from fenced.dns.resolver import DnsResolver
@@ -221,7 +221,7 @@ async def fenced_worker(args: argparse.Namespace) -> None:
     cfg = load(cfg_path)
     lay = layout(cfg)
     fw = RecordingFirewall()
-    await fw.install(script(cfg, lay, await fw.existing(cfg.daemon.table)))
+    await fw.install(install(cfg, lay, await fw.existing(cfg.daemon.table)))
     t_installed = time.monotonic()
     refresher = Refresher(
         fw,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,10 +19,18 @@ from pathlib import Path
 
 from fenced.aio import wait_event
 from fenced.config.files import load
-from fenced.core.elements import Element, SetOp, Verdict, cgroup_key
 from fenced.core.events import CgroupsWritten, ConfigLoaded, TableRepaired
 from fenced.core.model import Config, IPAddress, LogLevel, Target
-from fenced.core.ruleset import Layout, cgroup_elements, delete_chains_script, layout, script
+from fenced.core.ruleset import (
+    Layout,
+    cgroup_elements,
+    cgroup_maps_in,
+    cgroup_ops,
+    cleanup,
+    install,
+    layout,
+    stale_chains,
+)
 from fenced.dns.gateway import Gateway
 from fenced.dns.refresher import Learned, Refresher, RefreshInputs, refresh_inputs
 from fenced.dns.resolver import DnsResolver, Resolver
@@ -382,17 +389,13 @@ class Daemon:
         async with self._fw_lock:
             old_table = self.config.daemon.table if self.config is not None else None
             existing = await self.fw.existing(lay.table)
-            referenced: set[str] = set()
+            have = {}
             if existing is not None:
-                for m in existing.sets:
-                    if m.startswith("m_cg_"):
-                        for e in await self.fw.dump(lay.table, m):
-                            if e.verdict is not None and e.verdict.chain is not None:
-                                referenced.add(e.verdict.chain)
-            stale_kept = referenced - set(lay.chains)
+                have = {m: await self.fw.dump(lay.table, m) for m in cgroup_maps_in(existing)}
+            stale_kept = stale_chains(lay, have)
             ports = {name: gw.port for name, gw in self.gateways.items()}
             await self.fw.install(
-                script(cfg, lay, existing, keep_chains=stale_kept, gateway_ports=ports)
+                install(cfg, lay, existing, keep_chains=stale_kept, gateway_ports=ports)
             )
             self.config, self.layout, self.inputs = cfg, lay, refresh_inputs(cfg, lay)
             self.state.installed = True
@@ -407,10 +410,11 @@ class Daemon:
                     self._watcher.set_paths(paths)
                     self._cgroup_dirty = False
             await self._write_cgroups()
-            if stale_kept:
-                await self.fw.install(delete_chains_script(lay.table, stale_kept))
-            if old_table is not None and old_table != lay.table:
-                await self.fw.delete_table(old_table)
+            # Only now: the new table's cgroup maps are full, and no element jumps to a
+            # stale chain any more (the kernel cannot take cgroup ids in nft's text).
+            renamed = old_table if old_table is not None and old_table != lay.table else None
+            if stale_kept or renamed is not None:
+                await self.fw.install(cleanup(lay.table, stale_kept, renamed))
         self.log.info(
             "ruleset_installed",
             table=lay.table,
@@ -434,36 +438,8 @@ class Daemon:
             return
         ids = dict(self._watcher.ids) if self._watcher is not None else {}
         wanted = cgroup_elements(lay, ids)
-        ops: list[SetOp] = []
-        for name, want in wanted.items():
-            have: dict[int, str | None] = {
-                int.from_bytes(e.key, sys.byteorder): e.verdict.chain if e.verdict else None
-                for e in await self.fw.dump(lay.table, name)
-            }
-            remove = [cid for cid, chain in have.items() if want.get(cid) != chain]
-            add = [cid for cid, target in want.items() if have.get(cid) != target]
-            if remove:
-                ops.append(
-                    SetOp(
-                        "delete",
-                        "inet",
-                        lay.table,
-                        name,
-                        tuple(Element(cgroup_key(c)) for c in remove),
-                    )
-                )
-            if add:
-                ops.append(
-                    SetOp(
-                        "add",
-                        "inet",
-                        lay.table,
-                        name,
-                        tuple(
-                            Element(cgroup_key(c), verdict=Verdict("jump", want[c])) for c in add
-                        ),
-                    )
-                )
+        have = {name: await self.fw.dump(lay.table, name) for name in wanted}
+        ops = cgroup_ops(lay.table, wanted, have)
         if ops:
             await self.fw.apply(ops)
             self.metrics.observe(CgroupsWritten())

@@ -36,6 +36,7 @@ __all__ = [
     "describe_key",
     "ipv4_key",
     "ipv6_key",
+    "key_to_cgroup_id",
     "key_to_ip",
     "uid_key",
 ]
@@ -223,6 +224,14 @@ def cgroup_key(cgroup_id: int) -> bytes:
     if not 0 <= cgroup_id < 1 << 64:
         raise ValueError(f"cgroup id out of range: {cgroup_id}")
     return struct.pack("=Q", cgroup_id)
+
+
+def key_to_cgroup_id(key: bytes) -> int:
+    """The cgroup id held in an 8-byte ``cgroupsv2`` key (the inverse of :func:`cgroup_key`)."""
+    if len(key) != 8:
+        raise ValueError(f"a cgroupsv2 key has 8 bytes, not {len(key)}")
+    cid: int = struct.unpack("=Q", key)[0]
+    return cid
 
 
 def uid_key(uid: int) -> bytes:

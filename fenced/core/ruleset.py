@@ -35,6 +35,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from fenced.core.elements import (
+    DumpedElement,
+    Element,
+    SetOp,
+    Verdict,
+    cgroup_key,
+    key_to_cgroup_id,
+)
 from fenced.core.model import Config, IPNetwork, Policy, PortSpec
 from fenced.errors import TransactionError
 
@@ -78,6 +86,39 @@ class CgroupSubject:
     zone_map: str | None = None
 
 
+#: What a verdict map's key matches: socket owner uid or gid, socket cgroup (ids written
+#: at run time), or, for forwarded traffic, the interface or the IPv4 / IPv6 network.
+Selector = Literal["uid", "gid", "cgroup", "if", "src4", "src6"]
+#: Which chains of its policies a verdict map jumps to: ``out``/``in``/``reply``/``zone`` for
+#: local sockets; ``fwd`` (to ``p_<policy>_out``) and ``fin`` (to ``p_<policy>_in``) for
+#: forwarded traffic, whose ``zone`` maps jump to ``p_<policy>_zone`` too.
+Role = Literal["out", "in", "reply", "zone", "fwd", "fin"]
+#: The selectors of forwarded traffic (containers, VMs).
+FORWARD_SELECTORS: tuple[Selector, ...] = ("if", "src4", "src6")
+#: The source-network selectors of forwarded traffic, with their IP version.
+_SOURCES: tuple[tuple[Family, Selector], ...] = ((4, "src4"), (6, "src6"))
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """A verdict map of the layout: what its key matches and which policy chains it jumps to.
+
+    ``level`` is the cgroup depth of a ``cgroup`` map (None for the others). Only cgroup
+    maps are dynamic (``dynamic``): their elements are written at run time; the others
+    are rendered with their elements from the configuration.
+    """
+
+    name: str
+    selector: Selector
+    role: Role
+    level: int | None = None
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether the map's elements are written at run time (cgroup ids), not rendered."""
+        return self.selector == "cgroup"
+
+
 @dataclass(frozen=True)
 class Layout:
     """Names of every object in fenced's table, and what the run-time writers put where.
@@ -91,7 +132,7 @@ class Layout:
     domain_sets: tuple[DomainSet, ...]
     cgroups: tuple[CgroupSubject, ...]
     chains: tuple[str, ...]
-    maps: tuple[str, ...]
+    maps: tuple[MapSpec, ...]
     counters: tuple[str, ...]
     zones: Mapping[str, int] = field(default_factory=dict)
     _by_domain: Mapping[str, tuple[DomainSet, ...]] = field(default_factory=dict, repr=False)
@@ -108,7 +149,24 @@ class Layout:
     @property
     def set_names(self) -> tuple[str, ...]:
         """Names of all sets and maps of the table."""
-        return tuple(s.name for s in self.domain_sets) + self.maps
+        return tuple(s.name for s in self.domain_sets) + tuple(m.name for m in self.maps)
+
+    def map(self, selector: Selector, role: Role, level: int | None = None) -> MapSpec | None:
+        """The map matching ``selector`` that jumps to ``role`` chains, if the table has one."""
+        for m in self.maps:
+            if (m.selector, m.role, m.level) == (selector, role, level):
+                return m
+        return None
+
+    @property
+    def forwarded(self) -> bool:
+        """Whether a policy confines forwarded traffic (the table has a ``forward`` chain)."""
+        return any(m.selector in FORWARD_SELECTORS for m in self.maps)
+
+    @property
+    def forwarded_gateway(self) -> bool:
+        """Whether forwarded traffic's DNS goes through a gateway (``dns_zone_in`` chains)."""
+        return any(m.selector in FORWARD_SELECTORS and m.role == "zone" for m in self.maps)
 
 
 def policy_chain(policy: str, kind: Literal["out", "in", "reply", "zone"]) -> str:
@@ -121,9 +179,19 @@ def denied_counter(policy: str, direction: Direction) -> str:
     return f"denied_{policy}_{direction}"
 
 
+#: The prefix of cgroup verdict maps' names: the one place that knows it (the kernel's
+#: listing of an existing table gives names only).
+CGROUP_MAP_PREFIX = "m_cg_"
+
+
 def cgroup_map(kind: Literal["out", "in", "zone"], level: int) -> str:
     """Name of the verdict map of ``kind`` for cgroups at ``level`` (depth below the root)."""
-    return f"m_cg_{kind}_{level}"
+    return f"{CGROUP_MAP_PREFIX}{kind}_{level}"
+
+
+def cgroup_maps_in(existing: Existing) -> tuple[str, ...]:
+    """The cgroup verdict maps among the objects of an existing table, sorted by name."""
+    return tuple(sorted(m for m in existing.sets if m.startswith(CGROUP_MAP_PREFIX)))
 
 
 #: Conntrack zones fenced gives gateway policies' DNS flows: [ZONE_BASE, ZONE_BASE+ZONE_SPAN).
@@ -210,35 +278,39 @@ def layout(config: Config) -> Layout:
                     zone_map,
                 )
             )
-    maps: list[str] = []
+    maps: list[MapSpec] = []
     if uses_uid:
-        maps += ["m_uid_out", "m_uid_reply"]
+        maps += [MapSpec("m_uid_out", "uid", "out"), MapSpec("m_uid_reply", "uid", "reply")]
     if uses_gid:
-        maps += ["m_gid_out", "m_gid_reply"]
+        maps += [MapSpec("m_gid_out", "gid", "out"), MapSpec("m_gid_reply", "gid", "reply")]
     if any(p.uids for p in gateway):
-        maps.append("m_uid_zone")
+        maps.append(MapSpec("m_uid_zone", "uid", "zone"))
     if any(p.gids for p in gateway):
-        maps.append("m_gid_zone")
+        maps.append(MapSpec("m_gid_zone", "gid", "zone"))
     for level in sorted(levels):
-        maps += [cgroup_map("out", level), cgroup_map("in", level)]
-    maps += [cgroup_map("zone", level) for level in sorted(zone_levels)]
+        maps += [
+            MapSpec(cgroup_map("out", level), "cgroup", "out", level),
+            MapSpec(cgroup_map("in", level), "cgroup", "in", level),
+        ]
+    maps += [
+        MapSpec(cgroup_map("zone", level), "cgroup", "zone", level) for level in sorted(zone_levels)
+    ]
     forwarded = [p for p in config.policies if p.interfaces or p.sources]
     if forwarded:
         chains.append("forward")
     families = {n.version for p in forwarded for n in p.sources}
-    kinds = (["if"] if any(p.interfaces for p in forwarded) else []) + [
-        f"src{v}" for v in (4, 6) if v in families
-    ]
-    for kind in kinds:
-        maps += [f"m_{kind}_fwd", f"m_{kind}_fin"]
+    selectors: list[Selector] = ["if"] if any(p.interfaces for p in forwarded) else []
+    selectors += [sel for v, sel in _SOURCES if v in families]
+    for sel in selectors:
+        maps += [MapSpec(f"m_{sel}_fwd", sel, "fwd"), MapSpec(f"m_{sel}_fin", sel, "fin")]
     fwd_gateway = [p for p in forwarded if p.name in zones]
     if fwd_gateway:
         chains += ["dns_zone_in", "dns_redirect_in"]
         if any(p.interfaces for p in fwd_gateway):
-            maps.append("m_if_zone")
-        for v in (4, 6):
+            maps.append(MapSpec("m_if_zone", "if", "zone"))
+        for v, sel in _SOURCES:
             if any(n.version == v for p in fwd_gateway for n in p.sources):
-                maps.append(f"m_src{v}_zone")
+                maps.append(MapSpec(f"m_{sel}_zone", sel, "zone"))
     by_domain: dict[str, list[DomainSet]] = {}
     for ds in domain_sets:
         for d in ds.domains:
@@ -255,7 +327,7 @@ def layout(config: Config) -> Layout:
     )
 
 
-# ---------------------------------------------------------------------------- rendering
+# ---------------------------------------------------------------------------- the ruleset as values
 
 
 def _l4_match(spec: PortSpec) -> str:
@@ -359,30 +431,6 @@ def _in_chain(policy: Policy, *, reply: bool) -> list[str]:
     return rules + _deny(policy, "in", reply=reply)
 
 
-def _map_decl(
-    name: str,
-    key: str,
-    elements: Mapping[int, str] | Mapping[str, str],
-    *,
-    interval: bool = False,
-) -> list[str]:
-    """A verdict map ``key -> jump chain``; ``interval`` for maps keyed by networks."""
-    lines = [f"map {name} {{", f"type {key} : verdict"]
-    if interval:
-        lines.append("flags interval")
-    if elements:
-        items = ", ".join(f"{k} : jump {v}" for k, v in sorted(elements.items()))
-        lines.append(f"elements = {{ {items} }}")
-    return [*lines, "}"]
-
-
-def _chain(name: str, rules: Sequence[str], hook: str | None = None) -> list[str]:
-    lines = [f"chain {name} {{"]
-    if hook is not None:
-        lines.append(f"type filter hook {hook} priority filter; policy accept;")
-    return [*lines, *rules, "}"]
-
-
 #: ICMP port unreachable errors about a UDP datagram, up to the quoted datagram's destination
 #: port (matched against a gateway's port): the quoted header starts 8 bytes into the ICMP
 #: message; its protocol is byte 9 of an IPv4 header (no options: fenced's redirected
@@ -394,16 +442,173 @@ _UNREACHABLE = (
 )
 
 
-def _gateway_chains(lay: Layout, gateway_ports: Mapping[str, int]) -> list[str]:
+def _collapse(networks: Iterable[IPNetwork]) -> list[IPNetwork]:
+    """Networks merged so that none overlaps another (interval maps refuse overlaps)."""
+    nets = list(networks)
+    v4 = [n for n in nets if isinstance(n, ipaddress.IPv4Network)]
+    v6 = [n for n in nets if isinstance(n, ipaddress.IPv6Network)]
+    return [*ipaddress.collapse_addresses(v4), *ipaddress.collapse_addresses(v6)]
+
+
+@dataclass(frozen=True)
+class VerdictMap:
+    """A verdict map as declared: key type, and its ``key : jump chain`` elements in order.
+
+    ``elements`` holds the keys as nft text (empty for maps written at run time);
+    ``interval`` for maps keyed by networks.
+    """
+
+    name: str
+    key: str
+    elements: tuple[tuple[str, str], ...] = ()
+    interval: bool = False
+
+
+@dataclass(frozen=True)
+class Hook:
+    """The hook of a base chain: ``type <type> hook <hook> priority <priority>``."""
+
+    type: Literal["filter", "nat"]
+    hook: Literal["output", "input", "forward", "prerouting"]
+    priority: str
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A chain with its rules (nft text, one per rule); ``hook`` set for a base chain."""
+
+    name: str
+    rules: tuple[str, ...]
+    hook: Hook | None = None
+
+
+@dataclass(frozen=True)
+class Table:
+    """The declaration of every object of ``inet <name>``, in the order they are declared."""
+
+    name: str
+    counters: tuple[str, ...]
+    sets: tuple[DomainSet, ...]
+    maps: tuple[VerdictMap, ...]
+    chains: tuple[Chain, ...]
+
+
+@dataclass(frozen=True)
+class AddTable:
+    """Create ``inet <table>`` if it does not exist (``add table``)."""
+
+    table: str
+
+
+@dataclass(frozen=True)
+class Flush:
+    """Empty a table of its rules (``kind`` table: elements stay) or a map of its elements."""
+
+    kind: Literal["table", "map"]
+    table: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Delete:
+    """Delete an object of ``inet <table>`` (or, ``kind`` table, the table); it must exist."""
+
+    kind: Literal["table", "set", "chain", "counter"]
+    table: str
+    name: str = ""
+
+
+#: One command of a transaction.
+Command = AddTable | Flush | Delete | Table
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    """One nft transaction as values: its commands in order, applied all or none.
+
+    :func:`render` turns it into the nft script ``nft -f`` runs; the fake firewall applies
+    the values themselves. ``comment`` is the script's first line (without ``# ``).
+    """
+
+    commands: tuple[Command, ...]
+    comment: str | None = None
+
+
+#: The nft address keyword of each IP version.
+_ADDR: Mapping[Family, str] = {4: "ip", 6: "ip6"}
+
+
+def _policy_maps(config: Config, lay: Layout) -> list[VerdictMap]:
+    """The uid, gid and (empty) cgroup verdict maps of local sockets, in declaration order."""
+    kinds: tuple[tuple[Selector, Role, Literal["out", "reply", "zone"]], ...] = (
+        ("uid", "out", "out"),
+        ("uid", "reply", "reply"),
+        ("gid", "out", "out"),
+        ("gid", "reply", "reply"),
+        ("uid", "zone", "zone"),
+        ("gid", "zone", "zone"),
+    )
+    maps: list[VerdictMap] = []
+    for selector, role, chain in kinds:
+        spec = lay.map(selector, role)
+        if spec is None:
+            continue
+        pols = [p for p in config.policies if role != "zone" or p.name in lay.zones]
+        ids = {
+            i: policy_chain(p.name, chain)
+            for p in pols
+            for i in (p.uids if selector == "uid" else p.gids)
+        }
+        maps.append(
+            VerdictMap(spec.name, selector, tuple((str(k), v) for k, v in sorted(ids.items())))
+        )
+    maps += [VerdictMap(m.name, "cgroupsv2") for m in lay.maps if m.dynamic]
+    return maps
+
+
+def _forward_maps(config: Config, lay: Layout) -> list[VerdictMap]:
+    """Verdict maps from interface / source network to the policy chains, forwarded path."""
+    maps: list[VerdictMap] = []
+    fwd = [p for p in config.policies if p.interfaces or p.sources]
+    kinds: tuple[tuple[Role, Literal["out", "in", "zone"]], ...] = (
+        ("fwd", "out"),
+        ("fin", "in"),
+        ("zone", "zone"),
+    )
+    for role, chain_kind in kinds:
+        pols = [p for p in fwd if role != "zone" or p.name in lay.zones]
+        spec = lay.map("if", role)
+        if spec is not None:
+            ifs = {f'"{i}"': policy_chain(p.name, chain_kind) for p in pols for i in p.interfaces}
+            maps.append(VerdictMap(spec.name, "ifname", tuple(sorted(ifs.items()))))
+        for v, sel in _SOURCES:
+            spec = lay.map(sel, role)
+            if spec is not None:
+                nets = {
+                    str(n): policy_chain(p.name, chain_kind)
+                    for p in pols
+                    for n in _collapse(p.sources)
+                    if n.version == v
+                }
+                key = "ipv4_addr" if v == 4 else "ipv6_addr"
+                maps.append(VerdictMap(spec.name, key, tuple(sorted(nets.items())), True))
+    return maps
+
+
+def _vmap(match: str, spec: MapSpec | None) -> list[str]:
+    """The rule dispatching by ``match`` through map ``spec``, or none when there is no map."""
+    return [] if spec is None else [f"{match} vmap @{spec.name}"]
+
+
+def _gateway_chains(lay: Layout, gateway_ports: Mapping[str, int]) -> list[Chain]:
     """The raw chain that zones gateway DNS flows and the nat chain that redirects them."""
     zone_rules: list[str] = []
     dns = "meta l4proto { tcp, udp } th dport 53"
-    if "m_uid_zone" in lay.maps:
-        zone_rules.append(f"{dns} meta skuid vmap @m_uid_zone")
-    if "m_gid_zone" in lay.maps:
-        zone_rules.append(f"{dns} meta skgid vmap @m_gid_zone")
-    for level in sorted({c.level for c in lay.cgroups if c.zone_map is not None}):
-        zone_rules.append(f"{dns} socket cgroupv2 level {level} vmap @{cgroup_map('zone', level)}")
+    zone_rules += _vmap(f"{dns} meta skuid", lay.map("uid", "zone"))
+    zone_rules += _vmap(f"{dns} meta skgid", lay.map("gid", "zone"))
+    for m in lay.maps:
+        if m.dynamic and m.role == "zone":
+            zone_rules += _vmap(f"{dns} socket cgroupv2 level {m.level}", m)
     redirect_rules: list[str] = []
     for name, zone in sorted(lay.zones.items()):
         port = gateway_ports[name]
@@ -414,61 +619,25 @@ def _gateway_chains(lay: Layout, gateway_ports: Mapping[str, int]) -> list[str]:
         # un-NATed and delivered, so the lookup fails at once instead of timing out
         zone_rules += [f"{rule} {port} ct zone set {zone}" for rule in _UNREACHABLE]
         redirect_rules.append(f"ct zone {zone} {dns} redirect to :{port}")
-    lines = ["chain dns_zone {", "type filter hook output priority raw; policy accept;"]
-    lines += [*zone_rules, "}", "chain dns_redirect {"]
-    lines += ["type nat hook output priority -100; policy accept;", *redirect_rules, "}"]
-    if "dns_zone_in" in lay.chains:
+    chains = [
+        Chain("dns_zone", tuple(zone_rules), Hook("filter", "output", "raw")),
+        Chain("dns_redirect", tuple(redirect_rules), Hook("nat", "output", "-100")),
+    ]
+    if lay.forwarded_gateway:
         # forwarded subjects (containers, VMs): the same, as their packets come in
-        in_zone: list[str] = []
-        if "m_if_zone" in lay.maps:
-            in_zone.append(f"{dns} iifname vmap @m_if_zone")
-        for v, addr in ((4, "ip"), (6, "ip6")):
-            if f"m_src{v}_zone" in lay.maps:
-                in_zone.append(f"{dns} {addr} saddr vmap @m_src{v}_zone")
-        lines += ["chain dns_zone_in {", "type filter hook prerouting priority raw; policy accept;"]
-        lines += [*in_zone, "}", "chain dns_redirect_in {"]
-        lines += ["type nat hook prerouting priority -100; policy accept;", *redirect_rules, "}"]
-    return lines
+        in_zone = _vmap(f"{dns} iifname", lay.map("if", "zone"))
+        for v, sel in _SOURCES:
+            in_zone += _vmap(f"{dns} {_ADDR[v]} saddr", lay.map(sel, "zone"))
+        chains += [
+            Chain("dns_zone_in", tuple(in_zone), Hook("filter", "prerouting", "raw")),
+            Chain("dns_redirect_in", tuple(redirect_rules), Hook("nat", "prerouting", "-100")),
+        ]
+    return chains
 
 
-def _collapse(networks: Iterable[IPNetwork]) -> list[IPNetwork]:
-    """Networks merged so that none overlaps another (interval maps refuse overlaps)."""
-    nets = list(networks)
-    v4 = [n for n in nets if isinstance(n, ipaddress.IPv4Network)]
-    v6 = [n for n in nets if isinstance(n, ipaddress.IPv6Network)]
-    return [*ipaddress.collapse_addresses(v4), *ipaddress.collapse_addresses(v6)]
-
-
-def _forward_maps(config: Config, lay: Layout) -> list[str]:
-    """Verdict maps from interface / source network to the policy chains, forwarded path."""
-    lines: list[str] = []
-    fwd = [p for p in config.policies if p.interfaces or p.sources]
-    kinds: tuple[tuple[str, Literal["out", "in", "zone"]], ...] = (
-        ("fwd", "out"),
-        ("fin", "in"),
-        ("zone", "zone"),
-    )
-    for kind, chain_kind in kinds:
-        pols = [p for p in fwd if kind != "zone" or p.name in lay.zones]
-        if f"m_if_{kind}" in lay.maps:
-            ifs = {f'"{i}"': policy_chain(p.name, chain_kind) for p in pols for i in p.interfaces}
-            lines += _map_decl(f"m_if_{kind}", "ifname", ifs)
-        for v in (4, 6):
-            if f"m_src{v}_{kind}" in lay.maps:
-                nets = {
-                    str(n): policy_chain(p.name, chain_kind)
-                    for p in pols
-                    for n in _collapse(p.sources)
-                    if n.version == v
-                }
-                key = "ipv4_addr" if v == 4 else "ipv6_addr"
-                lines += _map_decl(f"m_src{v}_{kind}", key, nets, interval=True)
-    return lines
-
-
-def table_body(
+def declarations(
     config: Config, lay: Layout, gateway_ports: Mapping[str, int] | None = None
-) -> list[str]:
+) -> Table:
     """Declarations of every object of the table (no elements of dynamic sets or maps).
 
     ``gateway_ports`` gives the loopback port of each gateway policy's DNS listener; every
@@ -478,64 +647,25 @@ def table_body(
     missing = [name for name in lay.gateways if name not in gateway_ports]
     if missing:
         raise TransactionError(f"no gateway port for policies {', '.join(missing)}")
-    policies = config.policies
-    lines: list[str] = []
-    for c in lay.counters:
-        lines += [f"counter {c} {{", "}"]
-    for ds in lay.domain_sets:
-        key = "ipv4_addr" if ds.family == 4 else "ipv6_addr"
-        lines += [
-            f"set {ds.name} {{",
-            f"type {key}",
-            "flags timeout",
-            f'comment "{ds.policy}: {ds.spec.describe()}"',
-            "}",
+    chains: list[Chain] = []
+    for p in config.policies:
+        chains += [
+            Chain(policy_chain(p.name, "out"), tuple(_out_chain(config, p, lay))),
+            Chain(policy_chain(p.name, "in"), tuple(_in_chain(p, reply=False))),
+            Chain(policy_chain(p.name, "reply"), tuple(_in_chain(p, reply=True))),
         ]
-    uid_out = {u: policy_chain(p.name, "out") for p in policies for u in p.uids}
-    uid_reply = {u: policy_chain(p.name, "reply") for p in policies for u in p.uids}
-    gid_out = {g: policy_chain(p.name, "out") for p in policies for g in p.gids}
-    gid_reply = {g: policy_chain(p.name, "reply") for p in policies for g in p.gids}
-    if "m_uid_out" in lay.maps:
-        lines += _map_decl("m_uid_out", "uid", uid_out)
-        lines += _map_decl("m_uid_reply", "uid", uid_reply)
-    if "m_gid_out" in lay.maps:
-        lines += _map_decl("m_gid_out", "gid", gid_out)
-        lines += _map_decl("m_gid_reply", "gid", gid_reply)
-    if "m_uid_zone" in lay.maps:
-        zone_uids = {
-            u: policy_chain(p.name, "zone") for p in policies if p.name in lay.zones for u in p.uids
-        }
-        lines += _map_decl("m_uid_zone", "uid", zone_uids)
-    if "m_gid_zone" in lay.maps:
-        zone_gids = {
-            g: policy_chain(p.name, "zone") for p in policies if p.name in lay.zones for g in p.gids
-        }
-        lines += _map_decl("m_gid_zone", "gid", zone_gids)
-    cg_maps = [m for m in lay.maps if m.startswith("m_cg_")]
-    for m in cg_maps:
-        lines += _map_decl(m, "cgroupsv2", {})
-    lines += _forward_maps(config, lay)
-    for p in policies:
-        lines += _chain(policy_chain(p.name, "out"), _out_chain(config, p, lay))
-        lines += _chain(policy_chain(p.name, "in"), _in_chain(p, reply=False))
-        lines += _chain(policy_chain(p.name, "reply"), _in_chain(p, reply=True))
-
     reply_rules = [
         "meta l4proto tcp tcp flags & (syn | ack) != syn | ack accept",
         "meta l4proto != { tcp, udp } accept",
+        *_vmap("meta skuid", lay.map("uid", "reply")),
+        *_vmap("meta skgid", lay.map("gid", "reply")),
     ]
-    if "m_uid_reply" in lay.maps:
-        reply_rules.append("meta skuid vmap @m_uid_reply")
-    if "m_gid_reply" in lay.maps:
-        reply_rules.append("meta skgid vmap @m_gid_reply")
-    lines += _chain("output_reply", reply_rules)
-
+    chains.append(Chain("output_reply", tuple(reply_rules)))
     for name, zone in sorted(lay.zones.items()):
-        lines += _chain(policy_chain(name, "zone"), [f"ct zone set {zone} accept"])
+        chains.append(Chain(policy_chain(name, "zone"), (f"ct zone set {zone} accept",)))
     if lay.zones:
-        lines += _gateway_chains(lay, gateway_ports)
+        chains += _gateway_chains(lay, gateway_ports)
 
-    levels = sorted({c.level for c in lay.cgroups})
     out_rules = ["ct direction reply jump output_reply"]
     for name, zone in sorted(lay.zones.items()):
         port = gateway_ports[name]
@@ -547,17 +677,17 @@ def table_body(
                 f"meta l4proto {{ tcp, udp }} {addr} th dport {port} drop",
             ]
     out_rules.append("ct state established,related accept")
-    if "m_uid_out" in lay.maps:
-        out_rules.append("meta skuid vmap @m_uid_out")
-    if "m_gid_out" in lay.maps:
-        out_rules.append("meta skgid vmap @m_gid_out")
-    out_rules += [f"socket cgroupv2 level {lv} vmap @{cgroup_map('out', lv)}" for lv in levels]
-    lines += _chain("output", out_rules, hook="output")
+    out_rules += _vmap("meta skuid", lay.map("uid", "out"))
+    out_rules += _vmap("meta skgid", lay.map("gid", "out"))
+    levels = sorted({c.level for c in lay.cgroups})
+    for lv in levels:
+        out_rules += _vmap(f"socket cgroupv2 level {lv}", lay.map("cgroup", "out", lv))
+    chains.append(Chain("output", tuple(out_rules), Hook("filter", "output", "filter")))
 
     in_rules = [
         f"ct mark & {REFUSED_MARK:#x} == {REFUSED_MARK:#x} meta l4proto tcp reject with tcp reset"
     ]
-    if "dns_zone_in" in lay.chains:
+    if lay.forwarded_gateway:
         # forwarded subjects' DNS arrives at the gateway port through input: same guard
         for name, zone in sorted(lay.zones.items()):
             port = gateway_ports[name]
@@ -566,22 +696,24 @@ def table_body(
                 f"meta l4proto {{ tcp, udp }} th dport {port} drop",
             ]
     in_rules.append("ct state established,related accept")
-    in_rules += [f"socket cgroupv2 level {lv} vmap @{cgroup_map('in', lv)}" for lv in levels]
-    lines += _chain("input", in_rules, hook="input")
-    if "forward" in lay.chains:
-        fwd_rules = ["ct state established,related accept"]
-        if "m_if_fwd" in lay.maps:
-            fwd_rules.append("iifname vmap @m_if_fwd")
-        for v, addr in ((4, "ip"), (6, "ip6")):
-            if f"m_src{v}_fwd" in lay.maps:
-                fwd_rules.append(f"{addr} saddr vmap @m_src{v}_fwd")
-        if "m_if_fin" in lay.maps:
-            fwd_rules.append("oifname vmap @m_if_fin")
-        for v, addr in ((4, "ip"), (6, "ip6")):
-            if f"m_src{v}_fin" in lay.maps:
-                fwd_rules.append(f"{addr} daddr vmap @m_src{v}_fin")
-        lines += _chain("forward", fwd_rules, hook="forward")
-    return lines
+    for lv in levels:
+        in_rules += _vmap(f"socket cgroupv2 level {lv}", lay.map("cgroup", "in", lv))
+    chains.append(Chain("input", tuple(in_rules), Hook("filter", "input", "filter")))
+    if lay.forwarded:
+        fwd_rules = ["ct state established,related accept", *_vmap("iifname", lay.map("if", "fwd"))]
+        for v, sel in _SOURCES:
+            fwd_rules += _vmap(f"{_ADDR[v]} saddr", lay.map(sel, "fwd"))
+        fwd_rules += _vmap("oifname", lay.map("if", "fin"))
+        for v, sel in _SOURCES:
+            fwd_rules += _vmap(f"{_ADDR[v]} daddr", lay.map(sel, "fin"))
+        chains.append(Chain("forward", tuple(fwd_rules), Hook("filter", "forward", "filter")))
+    return Table(
+        lay.table,
+        lay.counters,
+        lay.domain_sets,
+        (*_policy_maps(config, lay), *_forward_maps(config, lay)),
+        tuple(chains),
+    )
 
 
 @dataclass(frozen=True)
@@ -591,6 +723,84 @@ class Existing:
     chains: frozenset[str] = frozenset()
     sets: frozenset[str] = frozenset()
     counters: frozenset[str] = frozenset()
+
+
+def install(
+    config: Config,
+    lay: Layout,
+    existing: Existing | None = None,
+    *,
+    keep_chains: Iterable[str] = (),
+    gateway_ports: Mapping[str, int] | None = None,
+) -> Ruleset:
+    """The transaction that installs ``config``, atomically.
+
+    It creates the table if missing, flushes every rule (set and map elements stay, so
+    allowed addresses and cgroup ids survive), empties the static uid/gid maps (re-filled
+    from the file), deletes objects of ``existing`` that ``lay`` no longer has, and
+    declares everything (``gateway_ports``: see :func:`declarations`). Chains in ``keep_chains``
+    are not deleted even if stale (cgroup map elements may still jump to them; the caller
+    deletes them once those are gone, with :func:`cleanup`).
+    """
+    existing = existing or Existing()
+    t = lay.table
+    keep = set(keep_chains)
+    head: list[Command] = [AddTable(t), Flush("table", t)]
+    head += [Flush("map", t, m.name) for m in lay.maps if not m.dynamic and m.name in existing.sets]
+    head += [Delete("set", t, s) for s in sorted(existing.sets - set(lay.set_names))]
+    head += [Delete("chain", t, c) for c in sorted(existing.chains - set(lay.chains) - keep)]
+    head += [Delete("counter", t, c) for c in sorted(existing.counters - set(lay.counters))]
+    return Ruleset(
+        (*head, declarations(config, lay, gateway_ports)),
+        comment=f"fenced ruleset for table inet {t}; generated, do not edit",
+    )
+
+
+def cleanup(table: str, chains: Iterable[str], old_table: str | None = None) -> Ruleset:
+    """The transaction ending a reload: delete ``chains`` of ``inet table``, drop a renamed one.
+
+    ``chains`` are stale chains the install kept because cgroup elements jumped to them
+    (their rules are already flushed). ``old_table``, when given, is deleted whether or
+    not it still exists (it is added first, which is a no-op when it does).
+    """
+    commands: list[Command] = [Delete("chain", table, c) for c in sorted(chains)]
+    if old_table is not None:
+        commands += [AddTable(old_table), Delete("table", old_table)]
+    return Ruleset(tuple(commands))
+
+
+def _hook_line(hook: Hook) -> str:
+    return f"type {hook.type} hook {hook.hook} priority {hook.priority}; policy accept;"
+
+
+def _table_lines(tbl: Table) -> list[str]:
+    """The ``table inet <name> { ... }`` block, one declaration line per entry, unindented."""
+    lines = [f"table inet {tbl.name} {{"]
+    for c in tbl.counters:
+        lines += [f"counter {c} {{", "}"]
+    for ds in tbl.sets:
+        key = "ipv4_addr" if ds.family == 4 else "ipv6_addr"
+        lines += [
+            f"set {ds.name} {{",
+            f"type {key}",
+            "flags timeout",
+            f'comment "{ds.policy}: {ds.spec.describe()}"',
+            "}",
+        ]
+    for m in tbl.maps:
+        lines += [f"map {m.name} {{", f"type {m.key} : verdict"]
+        if m.interval:
+            lines.append("flags interval")
+        if m.elements:
+            items = ", ".join(f"{k} : jump {v}" for k, v in m.elements)
+            lines.append(f"elements = {{ {items} }}")
+        lines.append("}")
+    for ch in tbl.chains:
+        lines.append(f"chain {ch.name} {{")
+        if ch.hook is not None:
+            lines.append(_hook_line(ch.hook))
+        lines += [*ch.rules, "}"]
+    return [*lines, "}"]
 
 
 def _indent(lines: Sequence[str]) -> str:
@@ -605,6 +815,28 @@ def _indent(lines: Sequence[str]) -> str:
     return "\n".join(out)
 
 
+def _command_line(cmd: AddTable | Flush | Delete) -> str:
+    if isinstance(cmd, AddTable):
+        return f"add table inet {cmd.table}"
+    verb = "flush" if isinstance(cmd, Flush) else "delete"
+    if cmd.kind == "table":
+        return f"{verb} table inet {cmd.table}"
+    return f"{verb} {cmd.kind} inet {cmd.table} {cmd.name}"
+
+
+def render(ruleset: Ruleset) -> str:
+    """The nft script of ``ruleset``: one line per command, a table block indented by tabs."""
+    parts: list[str] = []
+    if ruleset.comment is not None:
+        parts.append(f"# {ruleset.comment}")
+    for cmd in ruleset.commands:
+        if isinstance(cmd, Table):
+            parts.append(_indent(_table_lines(cmd)))
+        else:
+            parts.append(_command_line(cmd))
+    return "".join(f"{p}\n" for p in parts)
+
+
 def script(
     config: Config,
     lay: Layout,
@@ -613,37 +845,10 @@ def script(
     keep_chains: Iterable[str] = (),
     gateway_ports: Mapping[str, int] | None = None,
 ) -> str:
-    """The nft script that installs ``config`` in one atomic transaction.
-
-    It creates the table if missing, flushes every rule (set and map elements stay, so
-    allowed addresses and cgroup ids survive), empties the static uid/gid maps (re-filled
-    from the file), deletes objects of ``existing`` that ``lay`` no longer has, and
-    declares everything (``gateway_ports``: see ``table_body``). Chains in ``keep_chains``
-    are not deleted even if stale (cgroup map elements may still jump to them; the caller
-    deletes them once those are gone).
-    """
-    existing = existing or Existing()
-    t = f"inet {lay.table}"
-    keep = set(keep_chains)
-    head = [
-        f"# fenced ruleset for table {t}; generated, do not edit",
-        f"add table {t}",
-        f"flush table {t}",
-    ]
-    static_maps = [m for m in lay.maps if not m.startswith("m_cg_")]
-    head += [f"flush map {t} {m}" for m in static_maps if m in existing.sets]
-    wanted_sets = set(lay.set_names)
-    head += [f"delete set {t} {s}" for s in sorted(existing.sets - wanted_sets)]
-    wanted_chains = set(lay.chains)
-    head += [f"delete chain {t} {c}" for c in sorted(existing.chains - wanted_chains - keep)]
-    head += [f"delete counter {t} {c}" for c in sorted(existing.counters - set(lay.counters))]
-    body = [f"table {t} {{", *table_body(config, lay, gateway_ports), "}"]
-    return "\n".join(head) + "\n" + _indent(body) + "\n"
-
-
-def delete_chains_script(table: str, chains: Iterable[str]) -> str:
-    """An nft script that deletes ``chains`` of ``inet table`` (rules already flushed)."""
-    return "".join(f"delete chain inet {table} {c}\n" for c in sorted(chains))
+    """The nft script of :func:`install` (what ``fenced render`` prints)."""
+    return render(
+        install(config, lay, existing, keep_chains=keep_chains, gateway_ports=gateway_ports)
+    )
 
 
 def cgroup_elements(lay: Layout, ids: Mapping[str, int | None]) -> dict[str, dict[int, str]]:
@@ -665,3 +870,47 @@ def cgroup_elements(lay: Layout, ids: Mapping[str, int | None]) -> dict[str, dic
         if c.zone_map is not None:
             wanted.setdefault(c.zone_map, {})[cid] = policy_chain(c.policy, "zone")
     return wanted
+
+
+def cgroup_ops(
+    table: str,
+    wanted: Mapping[str, Mapping[int, str]],
+    have: Mapping[str, Sequence[DumpedElement]],
+) -> list[SetOp]:
+    """The element changes turning the cgroup maps of ``inet table`` from ``have`` to ``wanted``.
+
+    ``wanted`` is :func:`cgroup_elements`'s result, ``have`` each of those maps' dumped
+    elements. An element whose id is not wanted, or that jumps elsewhere, is deleted
+    (before its replacement is added, in the same batch); a wanted one that is missing is
+    added. Maps already right give no operation.
+    """
+    ops: list[SetOp] = []
+    for name, want in wanted.items():
+        held: dict[int, str | None] = {
+            key_to_cgroup_id(e.key): e.verdict.chain if e.verdict else None
+            for e in have.get(name, ())
+        }
+        remove = [cid for cid, chain in held.items() if want.get(cid) != chain]
+        add = [cid for cid, target in want.items() if held.get(cid) != target]
+        if remove:
+            keys = tuple(Element(cgroup_key(c)) for c in remove)
+            ops.append(SetOp("delete", "inet", table, name, keys))
+        if add:
+            elements = tuple(Element(cgroup_key(c), verdict=Verdict("jump", want[c])) for c in add)
+            ops.append(SetOp("add", "inet", table, name, elements))
+    return ops
+
+
+def stale_chains(lay: Layout, have: Mapping[str, Sequence[DumpedElement]]) -> frozenset[str]:
+    """Chains that elements of the dumped cgroup maps ``have`` jump to and ``lay`` no longer has.
+
+    The install must keep them (the kernel refuses to delete a chain a map element
+    jumps to) until :func:`cgroup_ops` removed those elements; :func:`cleanup` deletes them.
+    """
+    referenced = {
+        e.verdict.chain
+        for elements in have.values()
+        for e in elements
+        if e.verdict is not None and e.verdict.chain is not None
+    }
+    return frozenset(referenced - set(lay.chains))

@@ -1,11 +1,11 @@
 """The firewall as fenced sees it: install a static ruleset, change set elements, read back.
 
 ``Firewall`` is the protocol the daemon uses. ``KernelFirewall`` implements it with the
-``nft`` program for the static ruleset (one ``nft -f`` run is one kernel transaction)
-and ``fenced.kernel.netlink`` for set and map elements (fast, batched, all-or-nothing).
-``FakeFirewall`` keeps an in-memory table and applies element batches all-or-nothing with
-the kernel's rules (deleting a missing element fails the whole batch), for unit tests;
-``tests/kernel/test_firewall_contract.py`` checks that both give the same results.
+``nft`` program for the static ruleset (a :class:`~fenced.core.ruleset.Ruleset` rendered
+to one ``nft -f`` run, one kernel transaction) and ``fenced.kernel.netlink`` for set and
+map elements (fast, batched, all-or-nothing). ``FakeFirewall`` keeps in-memory tables,
+applies rulesets as values and element batches all-or-nothing with the kernel's rules
+(deleting a missing object or element fails the whole transaction), for unit tests.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import asyncio
 import collections
 import errno as errno_mod
 import json
-import re
 import shutil
 import threading
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from fenced.core.elements import DumpedElement, Element, SetOp, Verdict, uid_key
-from fenced.core.ruleset import Existing
+from fenced.core.ruleset import AddTable, Delete, Existing, Flush, Ruleset, Table, render
 from fenced.errors import FirewallError
 from fenced.kernel.netlink import NftNetlink
 
@@ -33,8 +32,8 @@ class Firewall(Protocol):
     async def existing(self, table: str) -> Existing | None:
         """Names of the objects in ``inet table``, or None when the table does not exist."""
 
-    async def install(self, script: str) -> None:
-        """Run an nft script as one transaction: all of it applies, or none of it."""
+    async def install(self, ruleset: Ruleset) -> None:
+        """Apply ``ruleset`` as one transaction: all of it applies, or none of it."""
 
     async def apply(self, ops: Sequence[SetOp]) -> None:
         """Apply element changes as one transaction: all of them, or none."""
@@ -124,9 +123,9 @@ class KernelFirewall:
             raise
         return parse_terse_listing(out)
 
-    async def install(self, script: str) -> None:
-        """See ``Firewall.install``."""
-        await self._nft(["-f", "-"], script, "install ruleset")
+    async def install(self, ruleset: Ruleset) -> None:
+        """See ``Firewall.install``: the rendered script, in one ``nft -f`` run."""
+        await self._nft(["-f", "-"], render(ruleset), "install ruleset")
 
     def _apply_sync(self, ops: Sequence[SetOp]) -> None:
         with self._lock:
@@ -175,17 +174,6 @@ class KernelFirewall:
             self._nl = None
 
 
-_DECL = re.compile(r"^\s*(chain|set|map|counter)\s+(\S+)\s*\{", re.MULTILINE)
-_DELETE = re.compile(r"^delete (chain|set|map|counter) inet (\S+) (\S+)$", re.MULTILINE)
-_ADD_TABLE = re.compile(r"^add table inet (\S+)$", re.MULTILINE)
-_FLUSH_MAP = re.compile(r"^flush map inet \S+ (\S+)$", re.MULTILINE)
-#: A uid or gid verdict map declared with elements, as ``fenced.core.ruleset`` renders it.
-_ID_MAP = re.compile(
-    r"^\s*map (\S+) \{\n\s*type (?:uid|gid) : verdict\n\s*elements = \{ (.*) \}$", re.MULTILINE
-)
-_ID_ELEMENT = re.compile(r"^(\d+) : jump (\S+)$")
-
-
 @dataclass
 class FakeTable:
     """The in-memory state of one table in ``FakeFirewall``."""
@@ -193,17 +181,24 @@ class FakeTable:
     chains: set[str] = field(default_factory=set)
     sets: dict[str, dict[bytes, Element]] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    #: The script of the last ruleset that declared the table (as ``nft -f`` would get it).
     script: str = ""
     #: Which of ``sets`` are verdict maps (their elements need a verdict; a set's must not).
     maps: set[str] = field(default_factory=set)
+
+    def copy(self) -> FakeTable:
+        """A copy whose chains, sets (and their elements), counters and maps change alone."""
+        sets = {k: dict(v) for k, v in self.sets.items()}
+        return FakeTable(set(self.chains), sets, dict(self.counters), self.script, set(self.maps))
 
 
 class FakeFirewall:
     """An in-memory firewall with the kernel's all-or-nothing rules, for unit tests.
 
-    ``install`` understands the scripts ``fenced.core.ruleset.script`` produces (declarations,
-    deletions, ``flush map`` and the elements of uid and gid maps; elements of sets survive,
-    as with ``flush table``). ``apply`` validates the whole batch against the current state
+    ``install`` applies a :class:`~fenced.core.ruleset.Ruleset`'s commands in order to a
+    staged copy and keeps it only if every command succeeded (deleting or flushing what
+    does not exist fails; elements of sets survive ``flush table``; the elements of uid and
+    gid maps are stored as declared). ``apply`` validates the whole batch against the current state
     before changing anything, with the kernel's errors: ENOENT for a missing set or a
     deleted missing element, EINVAL for a verdict given to a set or missing for a map,
     EEXIST for a map element written with another verdict than the one it has; ops without
@@ -229,54 +224,19 @@ class FakeFirewall:
             return None
         return Existing(frozenset(t.chains), frozenset(t.sets), frozenset(t.counters))
 
-    async def install(self, script: str) -> None:
+    async def install(self, ruleset: Ruleset) -> None:
         """See ``Firewall.install``."""
         self._maybe_fail("install")
-        m = _ADD_TABLE.search(script)
-        if m is None:
-            raise FirewallError("install ruleset", "fake: script adds no table")
-        name = m.group(1)
-        old = self.tables.get(name, FakeTable())
-        new = FakeTable(
-            set(old.chains),
-            {k: dict(v) for k, v in old.sets.items()},
-            dict(old.counters),
-            maps=set(old.maps),
-        )
-        for obj in _FLUSH_MAP.findall(script):
-            if obj not in new.maps:
-                raise FirewallError("install ruleset", f"fake: no map {obj} to flush")
-            new.sets[obj].clear()
-        for kind, _table, obj in _DELETE.findall(script):
-            if kind == "chain" and obj in new.chains:
-                new.chains.discard(obj)
-            elif kind == "counter" and obj in new.counters:
-                del new.counters[obj]
-            elif kind in ("set", "map") and obj in new.sets:
-                del new.sets[obj]
-                new.maps.discard(obj)
+        staged = {name: t.copy() for name, t in self.tables.items()}
+        for cmd in ruleset.commands:
+            if isinstance(cmd, AddTable):
+                staged.setdefault(cmd.table, FakeTable())
+            elif isinstance(cmd, Table):
+                _fake_declare(staged.setdefault(cmd.name, FakeTable()), cmd)
+                staged[cmd.name].script = render(ruleset)
             else:
-                raise FirewallError("install ruleset", f"fake: no {kind} {obj} to delete")
-        for kind, obj in _DECL.findall(script):
-            if kind == "chain":
-                new.chains.add(obj)
-            elif kind == "counter":
-                new.counters.setdefault(obj, 0)
-            else:
-                new.sets.setdefault(obj, {})
-                if kind == "map":
-                    new.maps.add(obj)
-        for obj, items in _ID_MAP.findall(script):
-            elems = new.sets[obj]
-            for item in items.split(", "):
-                m = _ID_ELEMENT.match(item)
-                if m is None:
-                    raise FirewallError("install ruleset", f"fake: cannot read element {item!r}")
-                el = Element(uid_key(int(m.group(1))), verdict=Verdict("jump", m.group(2)))
-                _check_verdict(elems, el, f"add elements to {obj}")
-                elems[el.key] = el
-        new.script = script
-        self.tables[name] = new
+                _fake_command(staged, cmd)
+        self.tables = staged
 
     async def apply(self, ops: Sequence[SetOp]) -> None:
         """See ``Firewall.apply``: validated whole, then applied whole."""
@@ -339,3 +299,50 @@ def _check_verdict(elems: dict[bytes, Element], el: Element, what: str) -> None:
     have = elems.get(el.key)
     if have is not None and have.verdict != el.verdict:
         raise FirewallError(what, "File exists", errno_mod.EEXIST)
+
+
+def _fake_declare(t: FakeTable, tbl: Table) -> None:
+    """Declare ``tbl``'s objects in the fake's staged table, with uid and gid map elements."""
+    t.chains.update(c.name for c in tbl.chains)
+    for c in tbl.counters:
+        t.counters.setdefault(c, 0)
+    for ds in tbl.sets:
+        t.sets.setdefault(ds.name, {})
+    for m in tbl.maps:
+        elems = t.sets.setdefault(m.name, {})
+        t.maps.add(m.name)
+        if m.key not in ("uid", "gid"):
+            continue
+        for key, chain in m.elements:
+            el = Element(uid_key(int(key)), verdict=Verdict("jump", chain))
+            _check_verdict(elems, el, f"add elements to {m.name}")
+            elems[el.key] = el
+
+
+def _fake_command(tables: dict[str, FakeTable], cmd: Flush | Delete) -> None:
+    """Apply a flush or a delete to the fake's staged tables; FirewallError if it is missing."""
+    t = tables.get(cmd.table)
+    missing = FirewallError("install ruleset", f"fake: no {cmd.kind} {cmd.name or cmd.table}")
+    if t is None:
+        raise missing
+    if cmd.kind == "table":
+        if isinstance(cmd, Delete):
+            del tables[cmd.table]
+        # flush table: rules go, which the fake does not hold; elements stay
+    elif cmd.kind == "map":
+        if cmd.name not in t.maps:
+            raise missing
+        t.sets[cmd.name].clear()
+    elif cmd.kind == "set":
+        if cmd.name not in t.sets:
+            raise missing
+        del t.sets[cmd.name]
+        t.maps.discard(cmd.name)
+    elif cmd.kind == "chain":
+        if cmd.name not in t.chains:
+            raise missing
+        t.chains.discard(cmd.name)
+    else:
+        if cmd.name not in t.counters:
+            raise missing
+        del t.counters[cmd.name]

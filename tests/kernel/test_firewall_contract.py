@@ -22,7 +22,16 @@ import pytest
 from fenced.config.files import load
 from fenced.core.elements import DumpedElement, Element, SetOp, Verdict, cgroup_key, ipv4_key
 from fenced.core.model import Config
-from fenced.core.ruleset import Existing, Layout, layout, script
+from fenced.core.ruleset import (
+    AddTable,
+    Delete,
+    Existing,
+    Layout,
+    Ruleset,
+    cleanup,
+    install,
+    layout,
+)
 from fenced.errors import FencedError
 from fenced.kernel.firewall import FakeFirewall, Firewall, KernelFirewall
 
@@ -194,8 +203,8 @@ def _cg(cgroup_id: int, chain: str) -> Element:
 async def _installed(pair: Pair, tmp_path: Path) -> Layout:
     cfg, lay = _config(FIRST, tmp_path)
     assert await pair.ok("existing before install", lambda fw: fw.existing(TABLE)) is None
-    text = script(cfg, lay, gateway_ports={})
-    await pair.ok("install", lambda fw: fw.install(text))
+    value = install(cfg, lay, gateway_ports={})
+    await pair.ok("install", lambda fw: fw.install(value))
     return lay
 
 
@@ -214,13 +223,13 @@ async def test_install_existing_counters_and_delete_table(pair: Pair, tmp_path: 
 
     four = next(s.name for s in lay.sets_for("api.example.com") if s.family == 4)
     await pair.ok("add to a kept set", _apply(_op("add", four, _ip("198.51.100.7", 600_000))))
-    broken = "add table inet fenced\ndelete chain inet fenced no_such_chain\n"
+    broken = Ruleset((AddTable(TABLE), Delete("chain", TABLE, "no_such_chain")))
     await pair.fails("install deleting a missing chain", lambda fw: fw.install(broken))
     assert await pair.ok("existing after failed install", lambda fw: fw.existing(TABLE)) == existing
 
     cfg2, lay2 = _config(SECOND, tmp_path)
     assert isinstance(existing, Existing)
-    reload = script(cfg2, lay2, existing, gateway_ports={})
+    reload = install(cfg2, lay2, existing, gateway_ports={})
     await pair.ok("reload", lambda fw: fw.install(reload))
     assert await pair.ok("existing after reload", lambda fw: fw.existing(TABLE)) == Existing(
         frozenset(lay2.chains), frozenset(lay2.set_names), frozenset(lay2.counters)
@@ -230,6 +239,11 @@ async def test_install_existing_counters_and_delete_table(pair: Pair, tmp_path: 
     for name in lay2.set_names:
         await pair.dump(name)
     await pair.ok("counters after reload", lambda fw: fw.counters(TABLE))
+    gone = cleanup(TABLE, (), "renamed_away")
+    await pair.ok("cleanup of a renamed table already gone", lambda fw: fw.install(gone))
+    assert await pair.ok("no table left behind", lambda fw: fw.existing("renamed_away")) is None
+    stale = cleanup(TABLE, ("no_such_chain",))
+    await pair.fails("cleanup deleting a missing chain", lambda fw: fw.install(stale))
 
     await pair.ok("delete table", lambda fw: fw.delete_table(TABLE))
     assert await pair.ok("existing after delete", lambda fw: fw.existing(TABLE)) is None
@@ -287,7 +301,7 @@ async def test_verdict_map_elements(pair: Pair, tmp_path: Path) -> None:
     lay = await _installed(pair, tmp_path)
     cg = lay.cgroups[0]
     out_map, web_out, web_in = cg.out_map, "p_web_out", "p_web_in"
-    for name in (m for m in lay.maps if m != out_map):
+    for name in (m.name for m in lay.maps if m.name != out_map):
         await pair.dump(name)
 
     await pair.ok("add", _apply(_op("add", out_map, _cg(7001, web_out), _cg(7002, web_out))))

@@ -16,7 +16,7 @@ import pytest
 from fenced.config.files import load
 from fenced.core.elements import key_to_ip
 from fenced.core.model import Config
-from fenced.core.ruleset import layout, script
+from fenced.core.ruleset import install, layout
 from fenced.daemon import Daemon
 from fenced.dns.answers import Answer
 from fenced.dns.resolver import FakeResolver
@@ -124,7 +124,7 @@ async def test_every_entry_form_loads_in_the_kernel(
         lay = layout(cfg)
         assert lay.gateways == ("audited", "web")
         ports = {name: 20000 + i for i, name in enumerate(lay.gateways)}
-        await fw.install(script(cfg, lay, gateway_ports=ports))
+        await fw.install(install(cfg, lay, gateway_ports=ports))
         existing = await fw.existing("fenced")
         assert existing is not None
         assert existing.chains == set(lay.chains)

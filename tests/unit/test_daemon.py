@@ -25,7 +25,7 @@ import dns.rrset
 import pytest
 
 from fenced.config.files import load
-from fenced.core.elements import key_to_ip
+from fenced.core.elements import key_to_cgroup_id, key_to_ip
 from fenced.core.model import Config, IPAddress
 from fenced.daemon import Daemon
 from fenced.dns.answers import Answer
@@ -411,3 +411,50 @@ async def test_reload_hands_the_refresher_a_new_resolver_only_when_resolvers_cha
     finally:
         await daemon.stop()
     assert made[1].closed == 1
+
+
+# ------------------------------------------------------------------------------ transactions
+
+
+def _cgroup_config(table: str, *policies: str) -> str:
+    """A config in ``table`` with a direct-DNS policy per name, confining cgroup ``a/<name>``."""
+    text = f'[daemon]\nlisten = ""\ntable = "{table}"\nresolvers = ["127.0.0.1"]\n'
+    for name in policies:
+        text += f'[policy.{name}]\ncgroups = ["a/{name}"]\ndns = "direct"\n'
+    return text
+
+
+async def test_reloads_make_one_install_one_batch_and_one_cleanup(tmp_path: Path) -> None:
+    """A reload dropping a cgroup policy, then one renaming the table: install, batch, cleanup."""
+    root = tmp_path / "cg"
+    for name in ("web", "old"):
+        (root / "a" / name).mkdir(parents=True)
+    path = tmp_path / "fenced.toml"
+    path.write_text(_cgroup_config("fenced", "web", "old"))
+    fw = FakeFirewall()
+    daemon = Daemon(
+        str(path),
+        fw,
+        loader=_loader,
+        cgroup_root=str(root),
+        logger=Logger(io.StringIO()),
+        resolver_factory=lambda _cfg: FakeResolver(),
+    )
+    await daemon.start()
+    try:
+        old_id = (root / "a" / "old").stat().st_ino
+        held = fw.tables[TABLE].sets["m_cg_out_2"]
+        assert old_id in {key_to_cgroup_id(k) for k in held}
+        fw.calls.clear()
+        path.write_text(_cgroup_config("fenced", "web"))
+        assert await daemon.reload()
+        assert fw.calls == ["install", "apply", "install"]
+        assert not any(c.startswith("p_old_") for c in fw.tables[TABLE].chains)
+        fw.calls.clear()
+        path.write_text(_cgroup_config("renamed", "web"))
+        assert await daemon.reload()
+        assert fw.calls == ["install", "apply", "install"]
+        assert set(fw.tables) == {"renamed"}
+        assert len(fw.tables["renamed"].sets["m_cg_out_2"]) == 1
+    finally:
+        await daemon.stop()

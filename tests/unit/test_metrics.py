@@ -26,7 +26,7 @@ from fenced.core.events import (
     TableRepaired,
 )
 from fenced.core.model import Config, DaemonConfig, IPAddress, Policy, PortSpec, Target
-from fenced.core.ruleset import layout, script
+from fenced.core.ruleset import install, layout
 from fenced.dns.answers import Answer
 from fenced.dns.refresher import FakeClock, Learned, NameStatus, Refresher, refresh_inputs
 from fenced.dns.resolver import FakeResolver
@@ -278,7 +278,7 @@ async def test_refresher_feeds_metrics() -> None:
     cfg = _config(policy)
     lay = layout(cfg)
     fake = FakeFirewall()
-    await fake.install(script(cfg, lay))
+    await fake.install(install(cfg, lay))
     dns = FakeResolver(clock.sleep)
     dns.script("a.test", Answer.ok([A, V6], 60))
     dns.delay("a.test", 0.5)

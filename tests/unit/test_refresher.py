@@ -30,7 +30,7 @@ from fenced.core.events import (
 )
 from fenced.core.model import Config, DaemonConfig, IPAddress, Policy, PortSpec, Target
 from fenced.core.planner import SetTarget
-from fenced.core.ruleset import layout
+from fenced.core.ruleset import AddTable, DomainSet, Family, Ruleset, Table, layout
 from fenced.dns.answers import Answer
 from fenced.dns.refresher import FakeClock, Refresher, RefreshInputs, refresh_inputs
 from fenced.dns.resolver import FakeResolver
@@ -51,12 +51,13 @@ P4 = SetTarget("p4", 4, allow_private=True)
 DAEMON = DaemonConfig(table=TABLE, min_ttl=5, max_ttl=3600, grace=30, stale=300)
 
 
-def _script(*sets: tuple[str, str]) -> str:
-    body = "".join(f"\tset {n} {{\n\t\ttype {t}\n\t}}\n" for n, t in sets)
-    return f"add table inet {TABLE}\ntable inet {TABLE} {{\n{body}}}\n"
+def _ruleset(*sets: tuple[str, Family]) -> Ruleset:
+    spec = PortSpec(("tcp",), ())
+    declared = tuple(DomainSet(name, "p", fam, spec, ()) for name, fam in sets)
+    return Ruleset((AddTable(TABLE), Table(TABLE, (), declared, (), ())))
 
 
-SCRIPT = _script(("s4", "ipv4_addr"), ("s6", "ipv6_addr"), ("p4", "ipv4_addr"), ("t4", "ipv4_addr"))
+RULESET = _ruleset(("s4", 4), ("s6", 6), ("p4", 4), ("t4", 4))
 
 
 class KernelSim(FakeFirewall):
@@ -183,7 +184,7 @@ async def running(
     clock = clock or FakeClock()
     if fw is None:
         fw = KernelSim(clock)
-        await fw.install(SCRIPT)
+        await fw.install(RULESET)
     dns = TimedResolver(clock)
     for name, script in answers.items():
         dns.script(name, *script)
@@ -506,7 +507,7 @@ async def _restarted() -> tuple[FakeClock, KernelSim]:
     """A kernel left by a refresher that wrote A and B for a.test 20 s ago, plus C by hand."""
     clock = FakeClock()
     fw = KernelSim(clock)
-    await fw.install(SCRIPT)
+    await fw.install(RULESET)
     async with running({"a.test": (S4,)}, {"a.test": [ok(A, B)]}, clock=clock, fw=fw) as r:
         await r.at(0)
     await fw.apply([SetOp("add", "inet", TABLE, "s4", (Element(ipv4_key(C)),))])  # no timeout

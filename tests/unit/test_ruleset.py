@@ -6,17 +6,36 @@ import ipaddress
 
 import pytest
 
+from fenced.core.elements import (
+    DumpedElement,
+    Element,
+    SetOp,
+    Verdict,
+    cgroup_key,
+    key_to_cgroup_id,
+)
 from fenced.core.model import Config, DaemonConfig, Listen, Policy, PortRange, PortSpec, Target
 from fenced.core.ruleset import (
     ZONE_BASE,
     ZONE_SPAN,
+    AddTable,
+    Delete,
     Existing,
+    Flush,
+    MapSpec,
+    Table,
     cgroup_elements,
     cgroup_level,
+    cgroup_maps_in,
+    cgroup_ops,
+    cleanup,
     dns_zones,
+    install,
     layout,
     policy_chain,
+    render,
     script,
+    stale_chains,
 )
 from fenced.errors import TransactionError
 
@@ -119,7 +138,7 @@ def test_cgroup_maps_per_level_and_elements() -> None:
     p = _web(uids=(), cgroups=("system.slice/web.service", "a/b/c"))
     lay = layout(_cfg(p))
     assert cgroup_level("system.slice/web.service") == 2
-    assert set(lay.maps) == {"m_cg_out_2", "m_cg_in_2", "m_cg_out_3", "m_cg_in_3"}
+    assert {m.name for m in lay.maps} == {"m_cg_out_2", "m_cg_in_2", "m_cg_out_3", "m_cg_in_3"}
     text = script(_cfg(p), lay)
     assert "socket cgroupv2 level 2 vmap @m_cg_out_2" in text
     assert "socket cgroupv2 level 3 vmap @m_cg_in_3" in text
@@ -262,3 +281,116 @@ def test_forwarded_gateway_policy_redirects_in_prerouting() -> None:
     )
     inp = text.split("chain input {")[1]
     assert inp.index(f"th dport 20001 ct zone {zone} accept") < inp.index("established")
+
+
+def _dumped(cid: int, chain: str) -> DumpedElement:
+    """A dumped cgroup map element: ``cid`` jumps to ``chain``."""
+    return DumpedElement(cgroup_key(cid), None, None, Verdict("jump", chain))
+
+
+def test_layout_maps_are_typed_and_found_by_what_they_match() -> None:
+    """Maps carry selector, role and level; only cgroup maps are dynamic."""
+    p = _web(cgroups=("a/b",), dns="gateway")
+    lay = layout(_cfg(p))
+    assert lay.map("uid", "out") == MapSpec("m_uid_out", "uid", "out")
+    assert lay.map("uid", "zone") == MapSpec("m_uid_zone", "uid", "zone")
+    assert lay.map("gid", "out") is None
+    assert lay.map("cgroup", "zone", 2) == MapSpec("m_cg_zone_2", "cgroup", "zone", 2)
+    assert lay.map("cgroup", "out", 3) is None
+    assert [m.name for m in lay.maps if m.dynamic] == ["m_cg_out_2", "m_cg_in_2", "m_cg_zone_2"]
+    assert not lay.forwarded and not lay.forwarded_gateway
+    fwd = layout(_cfg(_web(uids=(), interfaces=("veth0",), dns="gateway")))
+    assert fwd.forwarded and fwd.forwarded_gateway
+    assert fwd.map("if", "fin") == MapSpec("m_if_fin", "if", "fin")
+
+
+def test_install_is_a_value_the_script_renders() -> None:
+    """install() lists head commands then the table; script() is its rendering."""
+    cfg = _cfg(_web(cgroups=("a/b",)))
+    lay = layout(cfg)
+    existing = Existing(
+        chains=frozenset({*lay.chains, "p_old_out"}),
+        sets=frozenset({*lay.set_names, "d_old_00000000_4"}),
+        counters=frozenset(lay.counters),
+    )
+    value = install(cfg, lay, existing)
+    *head, tbl = value.commands
+    assert head == [
+        AddTable("fenced"),
+        Flush("table", "fenced"),
+        Flush("map", "fenced", "m_uid_out"),
+        Flush("map", "fenced", "m_uid_reply"),
+        Delete("set", "fenced", "d_old_00000000_4"),
+        Delete("chain", "fenced", "p_old_out"),
+    ]
+    assert isinstance(tbl, Table)
+    assert {c.name for c in tbl.chains} == set(lay.chains)
+    assert [m.name for m in tbl.maps] == [m.name for m in lay.maps]
+    assert [m.elements for m in tbl.maps if m.key == "cgroupsv2"] == [(), ()]
+    assert render(value) == script(cfg, lay, existing)
+
+
+def test_cleanup_deletes_kept_chains_and_a_renamed_table() -> None:
+    """cleanup() deletes stale chains, then the old table (added first so it may be gone)."""
+    value = cleanup("new", {"p_old_in", "p_old_out"}, "old")
+    assert render(value) == (
+        "delete chain inet new p_old_in\n"
+        "delete chain inet new p_old_out\n"
+        "add table inet old\n"
+        "delete table inet old\n"
+    )
+    assert render(cleanup("new", ())) == ""
+
+
+def test_cgroup_maps_in_knows_the_prefix() -> None:
+    """Only the cgroup maps of an existing table are picked, sorted."""
+    existing = Existing(sets=frozenset({"m_uid_out", "m_cg_in_2", "m_cg_out_2", "d_x_1_4"}))
+    assert cgroup_maps_in(existing) == ("m_cg_in_2", "m_cg_out_2")
+
+
+def test_cgroup_ops_delete_wrong_and_add_missing_elements() -> None:
+    """Unwanted ids and wrong verdicts are deleted, missing ones added, right maps untouched."""
+    wanted = {"m_cg_out_2": {5: "p_web_out", 6: "p_web_out"}, "m_cg_in_2": {5: "p_web_in"}}
+    have = {
+        "m_cg_out_2": [_dumped(5, "p_old_out"), _dumped(9, "p_web_out")],
+        "m_cg_in_2": [_dumped(5, "p_web_in")],
+    }
+    assert cgroup_ops("fenced", wanted, have) == [
+        SetOp(
+            "delete",
+            "inet",
+            "fenced",
+            "m_cg_out_2",
+            (Element(cgroup_key(5)), Element(cgroup_key(9))),
+        ),
+        SetOp(
+            "add",
+            "inet",
+            "fenced",
+            "m_cg_out_2",
+            (
+                Element(cgroup_key(5), verdict=Verdict("jump", "p_web_out")),
+                Element(cgroup_key(6), verdict=Verdict("jump", "p_web_out")),
+            ),
+        ),
+    ]
+    assert cgroup_ops("fenced", {"m_cg_in_2": {5: "p_web_in"}}, have) == []
+
+
+def test_stale_chains_are_the_referenced_ones_the_layout_lacks() -> None:
+    """Chains cgroup elements jump to are stale only when the new layout has no such chain."""
+    lay = layout(_cfg(_web(cgroups=("a/b",))))
+    have = {
+        "m_cg_out_2": [_dumped(5, "p_old_out"), _dumped(6, "p_web_out")],
+        "m_cg_in_2": [_dumped(5, "p_old_in")],
+    }
+    assert stale_chains(lay, have) == {"p_old_out", "p_old_in"}
+    assert stale_chains(lay, {}) == frozenset()
+
+
+def test_cgroup_keys_give_back_their_id() -> None:
+    """key_to_cgroup_id inverts cgroup_key and refuses keys of another length."""
+    assert key_to_cgroup_id(cgroup_key(10171)) == 10171
+    assert key_to_cgroup_id(cgroup_key(2**64 - 1)) == 2**64 - 1
+    with pytest.raises(ValueError):
+        key_to_cgroup_id(b"\0" * 4)
