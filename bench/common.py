@@ -2,12 +2,12 @@
 
 Everything a benchmark creates lives in network namespaces named
 ``fbn-<pid>-<n>`` (``/run/netns``); nothing is configured in the host's own namespace.
-Namespaces and processes are removed by name/PID when the ``Netns`` context closes.
+Namespaces and processes are removed by name/PID when the ``Netns`` context closes
+(``tests.netns``, shared with the test bed).
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import os
@@ -16,12 +16,12 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 
-NETNS_DIR = Path("/run/netns")
+from tests.netns import NETNS_DIR, delete_netns
+
 PREFIX = "fbn"
 _counter = itertools.count(1)
 
@@ -32,51 +32,6 @@ def run(argv: Sequence[str], *, input: str | None = None, check: bool = True) ->
     if check and cp.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[:6])} failed ({cp.returncode}): {cp.stderr.strip()}")
     return cp.stdout
-
-
-def _netns_pids(path: Path) -> list[int]:
-    """PIDs of the processes whose network namespace is the one at ``path``."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return []
-    out: list[int] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            ns = os.stat(f"/proc/{entry}/ns/net")
-        except OSError:
-            continue
-        if (ns.st_dev, ns.st_ino) == (st.st_dev, st.st_ino):
-            out.append(int(entry))
-    return out
-
-
-def kill_pids(pids: Iterable[int], grace: float = 2.0) -> None:
-    """SIGTERM ``pids``, then SIGKILL those still alive after ``grace`` seconds."""
-    targets = [p for p in pids if p > 1 and p != os.getpid()]
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
-        for pid in targets:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while targets and time.monotonic() < deadline:
-            for pid in targets:
-                with contextlib.suppress(ChildProcessError, OSError):
-                    os.waitpid(pid, os.WNOHANG)
-            targets = [p for p in targets if _alive(p)]
-            time.sleep(0.02)
-        if not targets:
-            return
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError, ProcessLookupError):
-        return False
 
 
 class Netns:
@@ -112,8 +67,7 @@ class Netns:
         if not self._made:
             return
         self._made = False
-        kill_pids(_netns_pids(Path(self.path)))
-        run(["ip", "netns", "delete", self.name], check=False)
+        delete_netns(self.name)
 
     def ip(self, *commands: str) -> None:
         """Run ``ip -n NAME -batch`` with ``commands``."""

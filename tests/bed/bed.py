@@ -32,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -40,9 +40,9 @@ from typing import IO, Any, ClassVar, Literal
 
 from tests.bed import constants as C
 from tests.bed.zone import QueryLog, Zone
+from tests.netns import NETNS_DIR, alive, delete_netns, kill_pids, leftovers, netns_pids
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-NETNS_DIR = Path("/run/netns")
 CGROUP_FS = Path("/sys/fs/cgroup")
 NS_PREFIX = "fdt"
 CGROUP_PREFIX = "fenced-test"
@@ -91,54 +91,6 @@ def _host_run(argv: Sequence[str], input: str | None = None) -> subprocess.Compl
     return _check(cp, " ".join(argv[:3]))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie still answers kill(0); treat it as gone.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError, ProcessLookupError):
-        return False
-
-
-def _reap(pids: Iterable[int]) -> None:
-    """Collect the exit status of those ``pids`` that are our (possibly adopted) children."""
-    for pid in pids:
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(pid, os.WNOHANG)
-
-
-def _wait_gone(pids: list[int], timeout: float) -> list[int]:
-    """Wait up to ``timeout`` s for ``pids`` to exit; return those still alive."""
-    deadline = time.monotonic() + timeout
-    while True:
-        _reap(pids)
-        pids = [p for p in pids if _alive(p)]
-        if not pids or time.monotonic() >= deadline:
-            return pids
-        time.sleep(0.02)
-
-
-def _kill_pids(pids: Iterable[int], grace: float = KILL_GRACE) -> list[int]:
-    """SIGTERM ``pids``, SIGKILL those alive after ``grace`` s; return those still alive."""
-    targets = [p for p in pids if p > 1 and p != os.getpid()]
-    left = targets
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        if not left:
-            break
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        left = _wait_gone(left, wait)
-    _reap(targets)
-    return left
-
-
 def become_subreaper() -> None:
     """Make this process the reaper of its orphaned descendants (PR_SET_CHILD_SUBREAPER).
 
@@ -148,25 +100,6 @@ def become_subreaper() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise BedError(f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(ctypes.get_errno())}")
-
-
-def _netns_pids(name: str) -> list[int]:
-    """Return the PIDs of the processes whose network namespace is ``/run/netns/name``."""
-    try:
-        st = os.stat(NETNS_DIR / name)
-    except FileNotFoundError:
-        return []
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            ns = os.stat(f"/proc/{entry}/ns/net")
-        except OSError:
-            continue
-        if (ns.st_dev, ns.st_ino) == (st.st_dev, st.st_ino):
-            out.append(int(entry))
-    return out
 
 
 def _world_reachable(path: Path) -> bool:
@@ -192,25 +125,21 @@ def reap_stale() -> None:
     # -c/-s: client and server; -k<n>: containers (tests/bed/containers.py).
     pat = re.compile(rf"^{NS_PREFIX}-(\d+)-\d+-(?:[cs]|k\d+)$")
     with contextlib.suppress(FileNotFoundError):
-        for name in os.listdir(NETNS_DIR):
-            m = pat.match(name)
-            if m and not _alive(int(m.group(1))):
-                _kill_pids(_netns_pids(name), grace=0.5)
-                subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
+        for name in leftovers(os.listdir(NETNS_DIR), pat, alive):
+            delete_netns(name, grace=0.5)
+    tmp = Path(tempfile.gettempdir())
     tpat = re.compile(rf"^{NS_PREFIX}-(\d+)-\d+-")
-    for d in Path(tempfile.gettempdir()).iterdir():
-        m = tpat.match(d.name)
-        if m and d.is_dir() and not _alive(int(m.group(1))):
-            shutil.rmtree(d, ignore_errors=True)
+    for name in leftovers((d.name for d in tmp.iterdir()), tpat, alive):
+        if (tmp / name).is_dir():
+            shutil.rmtree(tmp / name, ignore_errors=True)
     mount = cgroup2_mount()
     if mount is None:
         return
     cpat = re.compile(rf"^{CGROUP_PREFIX}-(\d+)-\d+$")
-    for d in mount.iterdir():
-        m = cpat.match(d.name)
-        if m and d.is_dir() and not _alive(int(m.group(1))):
+    for name in leftovers((d.name for d in mount.iterdir()), cpat, alive):
+        if (mount / name).is_dir():
             with contextlib.suppress(OSError):
-                _remove_cgroup_tree(d)
+                _remove_cgroup_tree(mount / name)
 
 
 def _cgroup_pids(d: Path) -> list[int]:
@@ -225,7 +154,7 @@ def _remove_cgroup_tree(top: Path) -> None:
     dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts))
     dirs = [top, *dirs]
     pids = [pid for d in dirs for pid in _cgroup_pids(d)]
-    left = _kill_pids(pids)
+    left = kill_pids(pids)
     if left:
         raise BedError(f"processes {left} in {top} survived SIGKILL")
     for d in reversed(dirs):
@@ -239,7 +168,7 @@ def _remove_cgroup_tree(top: Path) -> None:
             except OSError as e:
                 if e.errno != errno.EBUSY or time.monotonic() > deadline:
                     raise BedError(f"cannot remove cgroup {d}: {e}") from e
-                _kill_pids(_cgroup_pids(d), grace=0.1)
+                kill_pids(_cgroup_pids(d), grace=0.1)
                 time.sleep(0.02)
 
 
@@ -671,7 +600,7 @@ class Bed:
                 problems.append(f"kill {proc.pid}: {e}")
         self._procs.clear()
         for name in self._made_ns:
-            left = _kill_pids(_netns_pids(name))
+            left = kill_pids(netns_pids(name))
             if left:
                 problems.append(f"processes {left} in {name} survived SIGKILL")
         if self._cgroup_root is not None:
@@ -1039,7 +968,7 @@ class Bed:
     # -- introspection ----------------------------------------------------------------
     def live_pids(self) -> list[int]:
         """Return the PIDs of all processes now in the bed's namespaces."""
-        return [pid for ns in self._made_ns for pid in _netns_pids(ns)]
+        return [pid for ns in self._made_ns for pid in netns_pids(ns)]
 
 
 __all__ = [

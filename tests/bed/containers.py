@@ -27,7 +27,6 @@ from typing import Literal
 from tests.bed import constants as C
 from tests.bed.bed import (
     CLIENT_IF,
-    NETNS_DIR,
     READY_TIMEOUT,
     Bed,
     BedError,
@@ -36,6 +35,7 @@ from tests.bed.bed import (
     _check,
     _host_run,
 )
+from tests.netns import NETNS_DIR
 
 #: The bed's own nftables table in the client namespace (masquerade and published ports).
 NAT_TABLE = "bednat"

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.bed.bed import Bed, _alive
+from tests.bed.bed import Bed
 from tests.bed.constants import (
     CLIENT_V4,
     CLIENT_V6,
@@ -27,6 +27,7 @@ from tests.bed.containers import (
     publish,
 )
 from tests.bed.fixtures import bed_unavailable
+from tests.netns import alive
 
 pytestmark = pytest.mark.bed
 
@@ -99,7 +100,7 @@ def test_containers_gone_after_close() -> None:
         pids = [container_listen(bed, c, "udp", 5353).pid for c in cs]
         assert all(os.path.exists(c.netns_path) for c in cs)
         in_ns = bed.live_pids()
-        assert in_ns and all(_alive(p) for p in in_ns)
+        assert in_ns and all(alive(p) for p in in_ns)
     assert not any(os.path.exists(c.netns_path) for c in cs)
     assert not os.path.exists(f"/run/netns/{bed.client_ns}")
-    assert not any(_alive(p) for p in pids + in_ns)
+    assert not any(alive(p) for p in pids + in_ns)
