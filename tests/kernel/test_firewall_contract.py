@@ -9,10 +9,8 @@ checked to fail, so two firewalls that both accept everything cannot pass.
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
-import subprocess
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ from fenced.core.ruleset import (
 )
 from fenced.errors import FencedError
 from fenced.kernel.firewall import FakeFirewall, Firewall, KernelFirewall
+from tests.netns import scratch_netns
 
 pytestmark = pytest.mark.bed
 
@@ -41,7 +40,6 @@ pytestmark = pytest.mark.bed
 #: count down): the whole test takes well under this.
 TOLERANCE_MS = 10_000
 TABLE = "fenced"
-_counter = itertools.count()
 
 FIRST = """
 [daemon]
@@ -80,12 +78,8 @@ def netns() -> Iterator[str]:
         if os.environ.get("CI"):
             pytest.fail("kernel tests need root and nft, and CI must run them")
         pytest.skip("needs root and nft")
-    name = f"fdk-{os.getpid()}-c{next(_counter)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield f"/run/netns/{name}"
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
+    with scratch_netns("fdk") as path:
+        yield path
 
 
 def _config(text: str, tmp: Path) -> tuple[Config, Layout]:

@@ -1,9 +1,9 @@
 """fenced.kernel.netlink against the real kernel, each test in a network namespace of its own.
 
-The host's ruleset is never touched: every test creates ``fdn-<pid>-<n>`` with
-``ip netns add``, loads its tables with ``nsenter --net=... nft -f -`` and opens the netlink
-socket inside that namespace (``NftNetlink(netns_path)``). The namespace is deleted in a
-finalizer, also when the test fails.
+The host's ruleset is never touched: every test creates ``fdn-<pid>-<n>``
+(``tests.netns.scratch_netns``), loads its tables with ``nsenter --net=... nft -f -`` and
+opens the netlink socket inside that namespace (``NftNetlink(netns_path)``). The namespace
+is deleted afterwards, also when the test fails.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from fenced.core.elements import (
 )
 from fenced.errors import FirewallError, TransactionError
 from fenced.kernel.netlink import NftNetlink
+from tests.netns import scratch_netns
 
 pytestmark = [
     pytest.mark.bed,
@@ -85,13 +86,11 @@ class Netns:
 
 
 @pytest.fixture
-def ns(request: pytest.FixtureRequest) -> Netns:
-    name = f"fdn-{os.getpid()}-{next(_counter)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    request.addfinalizer(lambda: subprocess.run(["ip", "netns", "del", name], check=False))
-    netns = Netns(name)
-    netns.nft(RULESET)
-    return netns
+def ns() -> Iterator[Netns]:
+    with scratch_netns("fdn") as path:
+        netns = Netns(Path(path).name)
+        netns.nft(RULESET)
+        yield netns
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from fenced.dns.resolver import FakeResolver
 from fenced.kernel.cgroups import find_cgroup2_mount
 from fenced.kernel.firewall import KernelFirewall
 from fenced.log import Logger
+from tests.netns import scratch_netns
 
 pytestmark = pytest.mark.bed
 
@@ -40,12 +41,8 @@ def _require_root() -> None:
 def netns() -> Iterator[str]:
     """A scratch network namespace, deleted afterwards; yields /run/netns/NAME."""
     _require_root()
-    name = f"fdk-{os.getpid()}-{next(_counter)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield f"/run/netns/{name}"
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
+    with scratch_netns("fdk") as path:
+        yield path
 
 
 @pytest.fixture
