@@ -2,10 +2,11 @@
 
 Start-up is ordered: read the config, check the host, start the DNS gateways, install
 the ruleset (one nft transaction that keeps any addresses and cgroup ids already in the
-table), write the cgroup ids, delete the conntrack entries of DNS flows still redirected
-to a gateway port that is gone, then serve. Signal handlers only record what was asked;
-the main loop acts. Every firewall change goes through one lock, so the kernel sees them
-in a known order.
+table), write the cgroup ids, then delete stale chains and a renamed table's predecessor
+(one more nft transaction, when there are any), delete the conntrack entries of DNS flows
+still redirected to a gateway port that is gone, then serve. Signal handlers only record
+what was asked; the main loop acts. Every firewall change goes through one lock, so the
+kernel sees them in a known order.
 """
 
 from __future__ import annotations

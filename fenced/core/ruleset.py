@@ -1,4 +1,7 @@
-"""The nftables ruleset fenced installs, computed from a configuration. Pure: no I/O.
+"""The nftables ruleset fenced installs, as values built from a configuration. Pure: no I/O.
+
+Each transaction is a :class:`Ruleset` value (commands; the table's counters, sets, verdict
+maps and chains as objects); :func:`render` is the one place that writes nft text.
 
 fenced owns one table, ``inet <daemon.table>``. Its chains hold static rules that change
 only when the configuration does; everything that changes at run time lives in named sets
