@@ -15,15 +15,16 @@ from __future__ import annotations
 import collections
 import ipaddress
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 import dns.message
 import dns.name
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
+import dns.rrset
 
 from fenced.core.model import IPAddress
 
@@ -32,8 +33,11 @@ Status = Literal["ok", "nxdomain", "nodata", "servfail", "timeout", "error"]
 #: Statuses that mean "the lookup failed" (as opposed to a definite answer).
 FAILURES: frozenset[Status] = frozenset(("servfail", "timeout", "error"))
 
-#: Longest CNAME chain followed inside one answer.
+#: Longest CNAME chain followed inside one answer (links), see :func:`follow_cnames`.
 MAX_CHAIN = 16
+
+#: A name on a CNAME chain: a :class:`dns.name.Name` or a case-folded key of its labels.
+N = TypeVar("N", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -136,34 +140,109 @@ def negative_ttl(response: dns.message.Message) -> int | None:
     return int(soa)
 
 
+@dataclass(frozen=True)
+class CnameChain(Generic[N]):
+    """Where the CNAME links of one answer led from one name (see :func:`follow_cnames`).
+
+    ``names`` holds the start, then each target followed, in order (at most
+    ``MAX_CHAIN + 1`` names). ``loop`` is the target that named a name already on the
+    chain (the walk ended there; ``None`` when it did not loop); ``too_long`` says the
+    last name links on although ``MAX_CHAIN`` links were followed.
+    """
+
+    names: tuple[N, ...]
+    loop: N | None = None
+    too_long: bool = False
+
+    @property
+    def broken(self) -> bool:
+        """Whether the chain loops or runs too long: no address comes from a broken chain."""
+        return self.loop is not None or self.too_long
+
+    def problem(self, loop_text: str) -> str:
+        """What is wrong with the chain, in words ("" if whole); ``loop_text`` names ``loop``."""
+        if self.loop is not None:
+            return f"CNAME loop at {loop_text}"
+        return "CNAME chain too long" if self.too_long else ""
+
+
+def follow_cnames(
+    start: N, target: Callable[[N], N | None], stop: Callable[[N], bool] | None = None
+) -> CnameChain[N]:
+    """Follow CNAME links from ``start``, by the one rule fenced has for chains.
+
+    ``target(name)`` is the target of ``name``'s CNAME record (``None`` when it has
+    none). The walk ends at a name without one, at a name where ``stop`` is true (one
+    holding the records asked for), at a target already on the chain (a loop), or when a
+    link would be the ``MAX_CHAIN + 1``-th (too long). Names compare with ``==`` (pass
+    case-folded keys or :class:`dns.name.Name`, which compares case-insensitively).
+    """
+    names = [start]
+    while stop is None or not stop(names[-1]):
+        link = target(names[-1])
+        if link is None:
+            break
+        if link in names:
+            return CnameChain(tuple(names), loop=link)
+        if len(names) > MAX_CHAIN:
+            return CnameChain(tuple(names), too_long=True)
+        names.append(link)
+    return CnameChain(tuple(names))
+
+
+def _cname(response: dns.message.Message, name: dns.name.Name) -> dns.rrset.RRset | None:
+    """``name``'s CNAME RRset (class IN) in the answer section of ``response``, if any."""
+    rrset = response.get_rrset(response.answer, name, dns.rdataclass.IN, dns.rdatatype.CNAME)
+    return rrset if rrset is not None and len(rrset) > 0 else None
+
+
+def answer_chain(
+    response: dns.message.Message,
+    qname: dns.name.Name,
+    stop: Callable[[dns.name.Name], bool] | None = None,
+) -> CnameChain[dns.name.Name]:
+    """The CNAME chain from ``qname`` in the answer section of ``response``.
+
+    Class IN only; an RRset of several CNAMEs links to its first; ``stop`` as for
+    :func:`follow_cnames`.
+    """
+
+    def target(name: dns.name.Name) -> dns.name.Name | None:
+        rrset = _cname(response, name)
+        link: dns.name.Name | None = None if rrset is None else rrset[0].target
+        return link
+
+    return follow_cnames(qname, target, stop)
+
+
 def chase(
     response: dns.message.Message, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType
 ) -> Part:
     """Follow the CNAME chain from ``qname`` in the answer section to ``rdtype`` records.
 
-    Records not on the chain are ignored (a server cannot add addresses for other names).
+    Records not on the chain are ignored (a server cannot add addresses for other names);
+    a broken chain (:attr:`CnameChain.broken`) is an error.
     """
-    name = qname
-    ttl = math.inf
-    cnames: list[str] = []
-    seen = {name}
-    for _ in range(MAX_CHAIN + 1):
+    found: list[dns.rrset.RRset] = []
+
+    def holds(name: dns.name.Name) -> bool:
         rrset = response.get_rrset(response.answer, name, dns.rdataclass.IN, rdtype)
-        if rrset is not None and len(rrset) > 0:
-            ips = tuple(ipaddress.ip_address(rd.address) for rd in rrset)
-            return Part("ok", ips, int(min(ttl, rrset.ttl)), tuple(cnames))
-        cname = response.get_rrset(response.answer, name, dns.rdataclass.IN, dns.rdatatype.CNAME)
-        if cname is None or len(cname) == 0:
-            break
-        ttl = min(ttl, cname.ttl)
-        name = cname[0].target
-        if name in seen:
-            return Part("error", cnames=tuple(cnames), detail=f"CNAME loop at {name}")
-        seen.add(name)
-        cnames.append(name.to_text(omit_final_dot=True))
-    else:
-        return Part("error", cnames=tuple(cnames), detail="CNAME chain too long")
-    return Part("nodata", cnames=tuple(cnames), negative_ttl=negative_ttl(response))
+        if rrset is None or len(rrset) == 0:
+            return False
+        found.append(rrset)
+        return True
+
+    chain = answer_chain(response, qname, holds)
+    cnames = tuple(name.to_text(omit_final_dot=True) for name in chain.names[1:])
+    if chain.broken:
+        return Part("error", cnames=cnames, detail=chain.problem(str(chain.loop)))
+    if not found:
+        return Part("nodata", cnames=cnames, negative_ttl=negative_ttl(response))
+    (rrset,) = found
+    ips = tuple(ipaddress.ip_address(rd.address) for rd in rrset)
+    links = (_cname(response, name) for name in chain.names[:-1])
+    ttl = min([rrset.ttl, *(link.ttl for link in links if link is not None)])
+    return Part("ok", ips, int(ttl), cnames)
 
 
 def least(values: Iterable[int | None]) -> int | None:
@@ -233,10 +312,13 @@ __all__ = [
     "FAILURES",
     "MAX_CHAIN",
     "Answer",
+    "CnameChain",
     "Part",
     "Status",
+    "answer_chain",
     "chase",
     "combine",
+    "follow_cnames",
     "judge",
     "least",
     "negative_ttl",

@@ -26,7 +26,8 @@ so one ``Gateway`` serves one policy. For each query it:
   forwards DS, DNSKEY, SOA and NS queries for the ancestors of the entries and of live
   names (a validating stub's chain of trust), with every address removed from those;
 * in the answer, follows the CNAME chain from the question name (answer section only)
-  and keeps the A and AAAA records on it; every other A or AAAA record, in any section,
+  and keeps the A and AAAA records on it (none when the chain loops or runs past
+  :data:`~fenced.dns.answers.MAX_CHAIN` links); every other A or AAAA record, in any section,
   is removed, so the client never holds an address fenced did not vouch for (SRV, MX
   and other additional-section glue included: the client asks for those names itself,
   and they are judged like any other). With ``allow_private = false`` addresses that
@@ -92,7 +93,7 @@ import dns.rrset
 from fenced.core.chains import Labels, LiveChains, ancestors, name_labels
 from fenced.core.events import AddressDropped, GatewayLost, GatewayQuery, Observer, ignore
 from fenced.core.model import DaemonConfig, IPAddress, Policy, Target, is_restricted
-from fenced.dns.answers import MAX_CHAIN
+from fenced.dns.answers import answer_chain
 from fenced.dns.forward import forward
 from fenced.dns.wire import EDNS_PAYLOAD
 from fenced.log import Logger, log
@@ -346,34 +347,15 @@ def _truncate(reply: dns.message.Message, limit: int) -> bytes:
     return reply.to_wire(max_size=limit)
 
 
-def _chain(response: dns.message.Message, qname: dns.name.Name) -> list[dns.name.Name]:
-    """The names of the CNAME chain from ``qname`` in the answer section, ``qname`` first.
-
-    Stops at a loop or after :data:`~fenced.dns.answers.MAX_CHAIN` links.
-    """
-    names = [qname]
-    for _ in range(MAX_CHAIN):
-        rrset = response.get_rrset(
-            response.answer, names[-1], dns.rdataclass.IN, dns.rdatatype.CNAME
-        )
-        if rrset is None or len(rrset) == 0:
-            break
-        target = rrset[0].target
-        if target in names:
-            break
-        names.append(target)
-    return names
-
-
 @dataclass
 class _Filtered:
     """An upstream answer with addresses sorted out.
 
-    ``names`` is the CNAME chain from the question name (:func:`_chain`); ``chain`` the
-    RRsets kept on it and ``ttl`` their smallest TTL (None when nothing is on it);
-    ``ips`` the addresses kept (in answer order); ``removed`` the restricted ones taken
-    out; ``modified`` whether any record was taken out of any RRset (its signatures left
-    with it).
+    ``names`` is the CNAME chain from the question name
+    (:func:`~fenced.dns.answers.answer_chain`); ``chain`` the RRsets kept on it and
+    ``ttl`` their smallest TTL (None when nothing is on it); ``ips`` the addresses kept
+    (in answer order); ``removed`` the restricted ones taken out; ``modified`` whether
+    any record was taken out of any RRset (its signatures left with it).
     """
 
     answer: list[dns.rrset.RRset]
@@ -405,14 +387,17 @@ def _sort_out(
 ) -> _Filtered:
     """Sort the addresses of ``response`` out.
 
-    Keeps the chain's addresses (none without ``addresses``; restricted ones only with
+    Keeps the chain's addresses (none without ``addresses`` or when the chain is broken:
+    it loops or runs past ``MAX_CHAIN`` links; restricted ones only with
     ``allow_private``; at most ``max_ips`` of them in answer order when it is above 0, as
     the firewall keeps no more for one answer), removes every other address record, and
     notes the chain's smallest TTL. An RRSIG covering an RRset that lost records is
     removed with them (a signature without the records it signs, or over records that
     are no longer all there, fails validation).
     """
-    names = _chain(response, qname)
+    walked = answer_chain(response, qname)
+    names = list(walked.names)
+    addresses = addresses and not walked.broken
     on_chain = set(names)
     answer: list[dns.rrset.RRset] = []
     chain: list[dns.rrset.RRset] = []

@@ -20,7 +20,7 @@ import struct
 import dns.name
 
 from fenced.core.model import IPAddress
-from fenced.dns.answers import MAX_CHAIN, Part
+from fenced.dns.answers import Part, follow_cnames
 
 #: EDNS payload size advertised (the DNS flag day 2020 value: no IP fragmentation).
 EDNS_PAYLOAD = 1232
@@ -211,45 +211,42 @@ def fast_parse(wire: bytes, question: bytes, rdtype: int) -> Part | None:
     negative = None if soa == math.inf else int(min([soa, *(t for t, _ in cnames.values())]))
     if rcode == 3:
         return Part("nxdomain", negative_ttl=negative)
-    # _chase, on the parsed records
+    # answers.chase, on the parsed records
     qlabels = _read_name(question, 0)
     if qlabels is None:
         return None
-    name = _key(qlabels[0])
-    ttl_min: float = math.inf
-    chain: list[str] = []
-    seen = {name}
-    for _ in range(MAX_CHAIN + 1):
-        recs = addrs.get(name)
-        if recs:
-            ips: dict[IPAddress, None] = {}
-            rr_ttl: float = math.inf
-            for t, rttl, rdata in recs:
-                if t == rdtype:
-                    ip: IPAddress = (
-                        ipaddress.IPv4Address(rdata)
-                        if t == _QTYPE_A
-                        else ipaddress.IPv6Address(rdata)
-                    )
-                    ips[ip] = None
-                    rr_ttl = min(rr_ttl, rttl)
-            if ips:
-                return Part("ok", tuple(ips), int(min(ttl_min, rr_ttl)), tuple(chain))
-        link = cnames.get(name)
-        if link is None:
-            break
-        ttl_min = min(ttl_min, link[0])
-        text = _name_text(link[1])
-        if text is None:
-            return None
-        name = _key(link[1])
-        if name in seen:
-            return Part("error", cnames=tuple(chain), detail=f"CNAME loop at {text}.")
-        seen.add(name)
-        chain.append(text)
-    else:
-        return Part("error", cnames=tuple(chain), detail="CNAME chain too long")
-    return Part("nodata", cnames=tuple(chain), negative_ttl=negative)
+
+    def holds(key: bytes) -> bool:
+        return any(t == rdtype for t, _ttl, _rdata in addrs.get(key, ()))
+
+    def linked(key: bytes) -> bytes | None:
+        link = cnames.get(key)
+        return None if link is None else _key(link[1])
+
+    chain = follow_cnames(_key(qlabels[0]), linked, holds)
+    # The targets as written, in text; the looping one too (a name dnspython would
+    # escape: declined).
+    texts = [_name_text(cnames[key][1]) for key in chain.names[:-1]]
+    if chain.loop is not None:
+        texts.append(_name_text(cnames[chain.names[-1]][1]))
+    if any(text is None for text in texts):
+        return None
+    named = tuple(text for text in texts if text is not None)
+    if chain.broken:
+        loop_text = f"{named[-1]}." if chain.loop is not None else ""
+        followed = named[:-1] if chain.loop is not None else named
+        return Part("error", cnames=followed, detail=chain.problem(loop_text))
+    recs = [(rttl, rdata) for t, rttl, rdata in addrs.get(chain.names[-1], ()) if t == rdtype]
+    if not recs:
+        return Part("nodata", cnames=named, negative_ttl=negative)
+    ips: dict[IPAddress, None] = {}
+    for _ttl, rdata in recs:
+        ip: IPAddress = (
+            ipaddress.IPv4Address(rdata) if rdtype == _QTYPE_A else ipaddress.IPv6Address(rdata)
+        )
+        ips[ip] = None
+    ttl = min([*(rttl for rttl, _rdata in recs), *(cnames[key][0] for key in chain.names[:-1])])
+    return Part("ok", tuple(ips), int(ttl), named)
 
 
 __all__ = ["EDNS_PAYLOAD", "encode", "fast_parse", "query_tail", "question"]

@@ -926,6 +926,24 @@ CHAIN = [
 ]
 
 
+async def test_broken_chain_gives_no_addresses() -> None:
+    """A looping CNAME chain gives no address, even one held (wrongly) by a CNAME owner."""
+    async with upstream_server() as up:
+        up.answers[("www.example.com", "A")] = Canned(
+            answer=[
+                ("www.example.com", 60, "CNAME", "edge.example.net."),
+                ("edge.example.net", 60, "CNAME", "www.example.com."),
+                ("edge.example.net", 60, "A", "192.0.2.7"),
+            ]
+        )
+        learner = Learner()
+        async with running(make_policy("www.example.com"), up, learner) as gw:
+            reply = await ask(gw, "www.example.com")
+    assert learner.calls == []
+    assert addresses(reply) == set()
+    assert reply.rcode() == dns.rcode.NOERROR
+
+
 async def test_names_on_a_live_chain_may_be_asked_until_it_ends() -> None:
     """Chain names are allowed (any type) for the chain's TTL plus grace, on the entry's ports."""
     clock = Clock()
