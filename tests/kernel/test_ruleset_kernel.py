@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from fenced.config.files import load
 from fenced.core.elements import key_to_ip
 from fenced.core.model import Config
 from fenced.core.ruleset import install, layout
@@ -23,6 +22,7 @@ from fenced.dns.resolver import FakeResolver
 from fenced.kernel.cgroups import find_cgroup2_mount
 from fenced.kernel.firewall import KernelFirewall
 from fenced.log import Logger
+from tests.fakes import load_numeric
 from tests.netns import scratch_netns
 
 pytestmark = pytest.mark.bed
@@ -60,11 +60,6 @@ def cgroups() -> Iterator[Path]:
         root.rmdir()
 
 
-def _loader(path: str | Path) -> Config:
-    """The real loader, with no user or group database (the tests use numbers)."""
-    return load(path, lookup_user=lambda _n: None, lookup_group=lambda _n: None)
-
-
 def _listing(netns: str) -> str:
     """``nft list table inet fenced`` inside ``netns``."""
     return subprocess.run(
@@ -78,7 +73,7 @@ def _listing(netns: str) -> str:
 def _load(text: str, tmp: Path) -> Config:
     path = tmp / "fenced.toml"
     path.write_text(text)
-    return _loader(path)
+    return load_numeric(path)
 
 
 EVERYTHING = """
@@ -170,7 +165,7 @@ outbound = ["api.example.com:443/tcp", "new.example.com:22/tcp"]
     daemon = Daemon(
         str(config_file),
         fw,
-        loader=_loader,
+        loader=load_numeric,
         logger=Logger(sys.stderr),
         resolver_factory=lambda _cfg: dns,
     )
@@ -218,7 +213,7 @@ async def test_invalid_reload_changes_nothing(netns: str, tmp_path: Path) -> Non
     config_file.write_text(good)
 
     fw = KernelFirewall(netns)
-    daemon = Daemon(str(config_file), fw, loader=_loader, logger=Logger(sys.stderr))
+    daemon = Daemon(str(config_file), fw, loader=load_numeric, logger=Logger(sys.stderr))
     try:
         await daemon.start()
         listing = _listing(netns)

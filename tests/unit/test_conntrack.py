@@ -7,13 +7,14 @@ import socket
 from collections.abc import Mapping
 from pathlib import Path
 
+from fenced.core.model import DnsMode
 from fenced.daemon import Daemon
 from fenced.dns.answers import Answer
-from fenced.dns.resolver import FakeResolver
 from fenced.errors import FirewallError
 from fenced.kernel.conntrack import DnsFlow, FakeConntrack, stale_redirects
 from fenced.kernel.firewall import FakeFirewall
 from fenced.log import Logger
+from tests.fakes import Fakes
 
 UDP, TCP = socket.IPPROTO_UDP, socket.IPPROTO_TCP
 
@@ -35,15 +36,9 @@ def test_only_flows_of_a_gateway_zone_not_from_its_port_are_stale() -> None:
     assert stale_redirects(flows, {}) == []
 
 
-CONFIG = """
-[daemon]
-listen = ""
-resolvers = ["192.0.2.53"]
-[policy.web]
-uids = [64123]
-dns = "{dns}"
-outbound = ["api.example.com:80/tcp"]
-"""
+def _write(fakes: Fakes, dns: DnsMode = "gateway") -> None:
+    """Write the policy the daemon tests below run: uid 64123 to api.example.com:80/tcp."""
+    fakes.write("api.example.com:80/tcp", dns=dns, resolvers='["192.0.2.53"]', uid=64123)
 
 
 class _Recording(FakeConntrack):
@@ -60,26 +55,18 @@ class _Recording(FakeConntrack):
         return await super().forget_stale_redirects(ports)
 
 
-def _daemon(tmp_path: Path, conntrack: FakeConntrack, fw: FakeFirewall) -> tuple[Daemon, Path]:
-    path = tmp_path / "fenced.toml"
-    path.write_text(CONFIG.format(dns="gateway"))
-    dns = FakeResolver()
-    dns.script("api.example.com", Answer.ok(["198.51.100.10"], ttl=600))
-    daemon = Daemon(
-        str(path),
-        fw,
-        logger=Logger(io.StringIO()),
-        resolver_factory=lambda _cfg: dns,
-        conntrack=conntrack,
-    )
-    return daemon, path
+def _daemon(fakes: Fakes, conntrack: FakeConntrack) -> Daemon:
+    """A Daemon of the gateway policy on ``fakes``, cleaning up with ``conntrack``."""
+    _write(fakes)
+    fakes.resolver.script("api.example.com", Answer.ok(["198.51.100.10"], ttl=600))
+    return fakes.daemon(conntrack=conntrack)
 
 
 async def test_start_and_a_new_gateway_forget_flows_to_the_old_port(tmp_path: Path) -> None:
     """After the ruleset is in, start and a reload that starts a gateway delete stale flows."""
-    fw = FakeFirewall()
-    ct = _Recording(fw, [])
-    daemon, path = _daemon(tmp_path, ct, fw)
+    fakes = Fakes(tmp_path)
+    ct = _Recording(fakes.fw, [])
+    daemon = _daemon(fakes, ct)
     try:
         await daemon.start()
         assert daemon.layout is not None
@@ -90,9 +77,9 @@ async def test_start_and_a_new_gateway_forget_flows_to_the_old_port(tmp_path: Pa
 
         # flows left by the previous gateway (and one of another zone) meet a new one
         ct.flows = [_flow(zone, first_port), _flow(zone, 1, sport=1), _flow(zone + 1, 1)]
-        path.write_text(CONFIG.format(dns="direct"))
+        _write(fakes, dns="direct")
         assert await daemon.reload()
-        path.write_text(CONFIG.format(dns="gateway"))
+        _write(fakes)
         assert await daemon.reload()
         new_port = daemon.gateways["web"].port
         assert new_port != first_port
@@ -104,9 +91,8 @@ async def test_start_and_a_new_gateway_forget_flows_to_the_old_port(tmp_path: Pa
 
 async def test_a_failed_clean_up_is_logged_and_start_goes_on(tmp_path: Path) -> None:
     """A conntrack error at start is logged; the daemon starts and enforces all the same."""
-    fw = FakeFirewall()
     ct = FakeConntrack(fail=FirewallError("conntrack: dump DNS flows", "Operation not permitted"))
-    daemon, _ = _daemon(tmp_path, ct, fw)
+    daemon = _daemon(Fakes(tmp_path), ct)
     out = io.StringIO()
     daemon.log = Logger(out)
     try:

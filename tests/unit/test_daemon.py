@@ -24,7 +24,6 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from fenced.config.files import load
 from fenced.core.elements import key_to_cgroup_id, key_to_ip
 from fenced.core.model import Config, IPAddress
 from fenced.daemon import Daemon
@@ -33,13 +32,9 @@ from fenced.dns.resolver import DnsResolver, FakeResolver
 from fenced.kernel.firewall import FakeFirewall
 from fenced.kernel.netlink import Commit
 from fenced.log import Logger
+from tests.fakes import Fakes, load_numeric, policy_text
 
 TABLE = "fenced"
-
-
-def _loader(path: str) -> Config:
-    """The real loader, with no user or group database (the tests use numbers)."""
-    return load(path, lookup_user=lambda _n: None, lookup_group=lambda _n: None)
 
 
 # ------------------------------------------------------------------------------ upstream
@@ -159,14 +154,8 @@ def ip(text: str) -> IPAddress:
 
 # ------------------------------------------------------------------------------ bug 1
 
-GATEWAY_CONFIG = """
-[daemon]
-listen = ""
-resolvers = ["127.0.0.1"]
-[policy.web]
-uids = [4242]
-outbound = ["a.test:443/tcp", "*.cdn.test:8443/tcp"]
-"""
+#: The entries of the gateway policy that :func:`gateway_daemon` runs.
+GATEWAY_ENTRIES = ("a.test:443/tcp", "*.cdn.test:8443/tcp")
 
 
 def _tamper_flush(fw: FakeFirewall) -> None:
@@ -186,29 +175,21 @@ def _tamper_element(fw: FakeFirewall) -> None:
 async def gateway_daemon(
     tmp_path: Path, records: Mapping[str, list[str]]
 ) -> AsyncIterator[tuple[Daemon, FakeFirewall, FakeMonitor, int]]:
-    """A running Daemon of GATEWAY_CONFIG on the fakes: (daemon, firewall, monitor, port).
+    """A running Daemon of GATEWAY_ENTRIES on the fakes: (daemon, firewall, monitor, port).
 
     Its gateway (on ``port``) asks an upstream that answers from ``records``.
     """
-    path = tmp_path / "fenced.toml"
-    path.write_text(GATEWAY_CONFIG)
-    resolver = FakeResolver()
-    resolver.script("a.test", Answer.ok(["192.0.2.1", "2001:db8::1"], ttl=600))
-    fw = FakeFirewall()
+    fakes = Fakes(tmp_path)
+    fakes.write(*GATEWAY_ENTRIES)
+    fakes.resolver.script("a.test", Answer.ok(["192.0.2.1", "2001:db8::1"], ttl=600))
+    fw = fakes.fw
     monitors: list[FakeMonitor] = []
 
     def monitor(table: str) -> FakeMonitor:
         monitors.append(FakeMonitor(table))
         return monitors[-1]
 
-    daemon = Daemon(
-        str(path),
-        fw,
-        loader=_loader,
-        logger=Logger(io.StringIO()),
-        resolver_factory=lambda _cfg: resolver,
-        monitor_factory=monitor,  # type: ignore[arg-type]
-    )
+    daemon = fakes.daemon(monitor_factory=monitor)  # type: ignore[arg-type]
     async with upstream(records) as up_port:
         task = asyncio.create_task(daemon.run())
         try:
@@ -300,15 +281,8 @@ async def test_status_and_metrics_show_gateway_learned_names(tmp_path: Path) -> 
 
 
 def _resolvers_config(resolvers: str, name: str) -> str:
-    return f"""
-[daemon]
-listen = ""
-resolvers = {resolvers}
-[policy.web]
-uids = [4242]
-dns = "direct"
-outbound = ["{name}:443/tcp"]
-"""
+    """A direct-DNS policy for ``name``:443/tcp whose daemon asks ``resolvers`` (TOML array)."""
+    return policy_text(f"{name}:443/tcp", dns="direct", resolvers=resolvers)
 
 
 def _open_fds() -> int:
@@ -330,7 +304,7 @@ async def test_open_fds_stay_flat_over_reloads_that_change_resolvers(tmp_path: P
         daemon = Daemon(
             str(path),
             FakeFirewall(),
-            loader=_loader,
+            loader=load_numeric,
             logger=Logger(io.StringIO()),
             resolver_factory=resolver,
         )
@@ -371,7 +345,7 @@ async def test_gateway_queries_and_reloads_reach_metrics_and_removed_policies_le
         assert metrics.get_sample_value("fenced_gateway_queries_total", denied) == 1
         assert metrics.get_sample_value("fenced_config_reloads_total", {"result": "ok"}) == 0
 
-        (tmp_path / "fenced.toml").write_text(GATEWAY_CONFIG.replace("policy.web", "policy.api"))
+        (tmp_path / "fenced.toml").write_text(policy_text(*GATEWAY_ENTRIES, name="api"))
         assert await daemon.reload()
         await daemon.refresh_counters()
         assert metrics.get_sample_value("fenced_config_reloads_total", {"result": "ok"}) == 1
@@ -395,7 +369,7 @@ async def test_reload_hands_the_refresher_a_new_resolver_only_when_resolvers_cha
     daemon = Daemon(
         str(path),
         FakeFirewall(),
-        loader=_loader,
+        loader=load_numeric,
         logger=Logger(io.StringIO()),
         resolver_factory=resolver,
     )
@@ -435,7 +409,7 @@ async def test_reloads_make_one_install_one_batch_and_one_cleanup(tmp_path: Path
     daemon = Daemon(
         str(path),
         fw,
-        loader=_loader,
+        loader=load_numeric,
         cgroup_root=str(root),
         logger=Logger(io.StringIO()),
         resolver_factory=lambda _cfg: FakeResolver(),
