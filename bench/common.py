@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-from tests.netns import NETNS_DIR, delete_netns
+from tests.netns import NETNS_DIR, delete_netns, late_link
 
 PREFIX = "fbn"
 _counter = itertools.count(1)
@@ -116,11 +116,8 @@ def veth_pair(
         f"link set {b_if} up",
     )
     for ns, dev in ((a, a_if), (b, b_if)):
-        deadline = time.monotonic() + 10
-        while "LOWER_UP" not in run(["ip", "-n", ns.name, "-o", "link", "show", dev]):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{dev} in {ns.name} does not come up")
-            time.sleep(0.01)
+        if late_link([(ns.name, dev)], 10) is not None:
+            raise RuntimeError(f"{dev} in {ns.name} does not come up")
 
 
 def py_module(module: str, *args: str) -> list[str]:

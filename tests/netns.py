@@ -16,7 +16,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "alive",
     "delete_netns",
     "kill_pids",
+    "late_link",
     "leftovers",
     "netns_pids",
     "reap",
@@ -129,6 +130,32 @@ def scratch_netns(prefix: str) -> Iterator[str]:
         yield str(NETNS_DIR / name)
     finally:
         delete_netns(name)
+
+
+def late_link(links: Sequence[tuple[str, str]], timeout: float) -> tuple[str, str] | None:
+    """Wait until each ``(namespace name, device)`` has carrier (LOWER_UP), ``timeout`` s in all.
+
+    Returns the first link still down at the deadline, or None when all are up. Raises
+    RuntimeError (with ip's message) if ``ip link show`` fails, e.g. for a missing device.
+    """
+    deadline = time.monotonic() + timeout
+    for ns, dev in links:
+        while True:
+            cp = subprocess.run(
+                ["ip", "-n", ns, "-o", "link", "show", dev],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            if cp.returncode != 0:
+                raise RuntimeError(f"ip -n {ns} link show {dev} failed: {cp.stderr.strip()}")
+            if "LOWER_UP" in cp.stdout:
+                break
+            if time.monotonic() > deadline:
+                return ns, dev
+            time.sleep(0.01)
+    return None
 
 
 def leftovers(

@@ -40,7 +40,15 @@ from typing import IO, Any, ClassVar, Literal
 
 from tests.bed import constants as C
 from tests.bed.zone import QueryLog, Zone
-from tests.netns import NETNS_DIR, alive, delete_netns, kill_pids, leftovers, netns_pids
+from tests.netns import (
+    NETNS_DIR,
+    alive,
+    delete_netns,
+    kill_pids,
+    late_link,
+    leftovers,
+    netns_pids,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CGROUP_FS = Path("/sys/fs/cgroup")
@@ -576,12 +584,9 @@ class Bed:
         _host_run(["ip", "-n", s, "-batch", "-"], "\n".join(server_cmds) + "\n")
         routes = [f"route add default via {C.GATEWAY_V4}", f"route add default via {C.GATEWAY_V6}"]
         _host_run(["ip", "-n", c, "-batch", "-"], "\n".join(routes) + "\n")
-        deadline = time.monotonic() + READY_TIMEOUT
-        for ns, dev in ((c, CLIENT_IF), (s, SERVER_IF)):
-            while "LOWER_UP" not in _host_run(["ip", "-n", ns, "-o", "link", "show", dev]).stdout:
-                if time.monotonic() > deadline:
-                    raise BedError(f"{dev} in {ns} does not come up")
-                time.sleep(0.01)
+        late = late_link(((c, CLIENT_IF), (s, SERVER_IF)), READY_TIMEOUT)
+        if late is not None:
+            raise BedError(f"{late[1]} in {late[0]} does not come up")
 
     def close(self) -> None:
         """Kill every process, remove cgroups, namespaces and files of the bed (idempotent).

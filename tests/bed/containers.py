@@ -35,7 +35,7 @@ from tests.bed.bed import (
     _check,
     _host_run,
 )
-from tests.netns import NETNS_DIR
+from tests.netns import NETNS_DIR, late_link
 
 #: The bed's own nftables table in the client namespace (masquerade and published ports).
 NAT_TABLE = "bednat"
@@ -161,12 +161,9 @@ def add_container(bed: Bed, bridge: str, index: int) -> Container:
         f'oifname "{CLIENT_IF}" ip6 saddr {c.subnet_v6} masquerade'
     )
 
-    deadline = time.monotonic() + READY_TIMEOUT
-    for ns, dev in ((c.name, CONTAINER_IF), (bed.client_ns, bridge)):
-        while "LOWER_UP" not in _host_run(["ip", "-n", ns, "-o", "link", "show", dev]).stdout:
-            if time.monotonic() > deadline:
-                raise BedError(f"{dev} in {ns} does not come up")
-            time.sleep(0.01)
+    late = late_link(((c.name, CONTAINER_IF), (bed.client_ns, bridge)), READY_TIMEOUT)
+    if late is not None:
+        raise BedError(f"{late[1]} in {late[0]} does not come up")
     return c
 
 

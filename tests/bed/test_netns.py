@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.bed.bed import reap_stale
-from tests.netns import NETNS_DIR, alive, delete_netns, scratch_netns
+from tests.netns import NETNS_DIR, alive, delete_netns, late_link, scratch_netns
 
 pytestmark = [
     pytest.mark.bed,
@@ -76,3 +76,19 @@ def test_reap_stale_removes_only_namespaces_of_dead_owners(dead_pid: int, made: 
     assert not (NETNS_DIR / stale).exists()
     assert not alive(proc.pid)
     assert (NETNS_DIR / live).exists()
+
+
+def test_late_link_waits_for_carrier_and_names_a_link_that_stays_down() -> None:
+    """late_link is None once both veth ends are up and names the end left down otherwise."""
+    with scratch_netns("fdk") as a_path, scratch_netns("fdk") as b_path:
+        a, b = Path(a_path).name, Path(b_path).name
+        subprocess.run(
+            ["ip", "-n", a, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", b],
+            check=True,
+        )
+        subprocess.run(["ip", "-n", a, "link", "set", "va", "up"], check=True)
+        assert late_link([(a, "va")], 0.3) == (a, "va")  # no carrier while vb is down
+        subprocess.run(["ip", "-n", b, "link", "set", "vb", "up"], check=True)
+        assert late_link([(a, "va"), (b, "vb")], 10) is None
+        with pytest.raises(RuntimeError):
+            late_link([(a, "no_such_dev")], 1)
