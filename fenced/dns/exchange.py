@@ -1,4 +1,8 @@
-"""Talking to DNS servers: the fast path's long-lived UDP sockets.
+"""Talking to DNS servers: one dnspython try at a server, and the fast path's sockets.
+
+:func:`exchange` is one try of a built query at one server with dnspython (UDP, then TCP
+when the answer is truncated), shared by the resolver's dnspython path and the gateway's
+:func:`~fenced.dns.forward.forward`; it never raises for a network or DNS outcome.
 
 Each server gets ``SOCKETS_PER_SERVER`` *connected* UDP sockets (:class:`ServerSockets`),
 used in turn; each socket (:class:`UdpSocket`) demultiplexes replies by query ID (none
@@ -21,7 +25,12 @@ import contextlib
 import secrets
 import socket
 import time
+from dataclasses import dataclass
 from typing import Any, cast
+
+import dns.asyncquery
+import dns.exception
+import dns.message
 
 #: Sockets per server; a socket is replaced after this many queries or seconds.
 SOCKETS_PER_SERVER = 4
@@ -186,4 +195,50 @@ def _retrieve(task: asyncio.Task[UdpSocket]) -> None:
         task.exception()
 
 
-__all__ = ["ROTATE_QUERIES", "ROTATE_SECONDS", "SOCKETS_PER_SERVER", "ServerSockets", "UdpSocket"]
+@dataclass(frozen=True)
+class Exchanged:
+    """The outcome of :func:`exchange`.
+
+    ``response`` is the server's response (ID and question checked by dnspython), or
+    ``None`` when the try failed; ``tcp`` whether it came over TCP; ``problem`` what went
+    wrong in words (``timed out`` when ``timed_out``), empty when a response came.
+    """
+
+    response: dns.message.Message | None
+    tcp: bool = False
+    problem: str = ""
+    timed_out: bool = False
+
+
+async def exchange(
+    query: dns.message.Message, server: str, *, port: int, timeout: float, tcp: bool = False
+) -> Exchanged:
+    """Send ``query`` to ``server`` with dnspython and wait for its response.
+
+    Over UDP and, when the answer is truncated, over TCP (each bounded by ``timeout``
+    seconds), or over TCP only with ``tcp``. Never raises for a network or DNS outcome
+    (a timeout, a network error, a malformed or mismatched reply): see :class:`Exchanged`.
+    """
+    try:
+        if tcp:
+            response = await dns.asyncquery.tcp(query, server, timeout=timeout, port=port)
+            return Exchanged(response, tcp=True)
+        response, over_tcp = await dns.asyncquery.udp_with_fallback(
+            query, server, timeout=timeout, port=port, ignore_unexpected=True
+        )
+        return Exchanged(response, tcp=over_tcp)
+    except (dns.exception.Timeout, TimeoutError):
+        return Exchanged(None, problem="timed out", timed_out=True)
+    except (dns.exception.DNSException, OSError, EOFError, ValueError) as exc:
+        return Exchanged(None, problem=f"{type(exc).__name__}: {exc}".rstrip(": "))
+
+
+__all__ = [
+    "ROTATE_QUERIES",
+    "ROTATE_SECONDS",
+    "SOCKETS_PER_SERVER",
+    "Exchanged",
+    "ServerSockets",
+    "UdpSocket",
+    "exchange",
+]

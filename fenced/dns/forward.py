@@ -14,12 +14,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import dns.asyncquery
-import dns.exception
 import dns.message
 import dns.rcode
 
 from fenced.core.model import IPAddress
+from fenced.dns.answers import summarize
+from fenced.dns.exchange import Exchanged, exchange
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,10 @@ class Forwarded:
     ``response`` is the first NOERROR or NXDOMAIN response (its ID and question match
     the query: dnspython checks), or ``None`` when every try failed; ``server`` the
     server that gave it; ``upstream`` the seconds spent waiting on servers (all tries);
-    ``tcp`` whether the response came over TCP; ``detail`` what went wrong, per try, in
-    words (empty when the first try answered). ``refusal`` is the last REFUSED response
+    ``tcp`` whether the response came over TCP; ``detail`` what went wrong in words,
+    each distinct problem once with how many tries gave it
+    (:func:`~fenced.dns.answers.summarize`: ``192.0.2.53: timed out (x2)``; empty when
+    the first try answered). ``refusal`` is the last REFUSED response
     when every server refused the query (then ``response`` is ``None``), else ``None``.
     """
 
@@ -67,7 +69,7 @@ async def forward(
     addrs = [str(ipaddress.ip_address(s)) for s in servers]
     start = time.monotonic()
     deadline = start + budget
-    problems: list[str] = []
+    problems: list[tuple[str, str]] = []  # (what went wrong, no label): see summarize
     refusal: dns.message.Message | None = None
     refused: set[str] = set()
     if not addrs:
@@ -77,34 +79,33 @@ async def forward(
             continue
         left = deadline - time.monotonic()
         if left <= 0.01:
-            problems.append("time budget spent")
+            problems.append(("time budget spent", ""))
             break
         try_timeout = min(timeout, left)
         try:
-            response, tcp = await asyncio.wait_for(
-                dns.asyncquery.udp_with_fallback(
-                    query, server, timeout=try_timeout, port=port, ignore_unexpected=True
-                ),
-                timeout=left,
+            got = await asyncio.wait_for(
+                exchange(query, server, port=port, timeout=try_timeout), timeout=left
             )
-        except (dns.exception.Timeout, TimeoutError):
-            problems.append(f"{server}: timed out")
-            continue
-        except (dns.exception.DNSException, OSError, EOFError, ValueError) as exc:
-            problems.append(f"{server}: {type(exc).__name__}: {exc}".rstrip(": "))
+        except TimeoutError:
+            got = Exchanged(None, problem="timed out", timed_out=True)
+        response = got.response
+        if response is None:
+            problems.append((f"{server}: {got.problem}", ""))
             continue
         rcode = response.rcode()
         if rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-            return Forwarded(response, server, time.monotonic() - start, tcp, "; ".join(problems))
+            return Forwarded(
+                response, server, time.monotonic() - start, got.tcp, summarize(problems)
+            )
         if rcode == dns.rcode.REFUSED:
             refused.add(server)
             refusal = response
-        problems.append(f"{server}: {dns.rcode.to_text(rcode)}")
+        problems.append((f"{server}: {dns.rcode.to_text(rcode)}", ""))
     return Forwarded(
         None,
         None,
         time.monotonic() - start,
-        detail="; ".join(problems),
+        detail=summarize(problems),
         refusal=refusal if refused.issuperset(addrs) else None,
     )
 

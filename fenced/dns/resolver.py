@@ -28,7 +28,6 @@ import ipaddress
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-import dns.asyncquery
 import dns.exception
 import dns.message
 import dns.name
@@ -37,7 +36,7 @@ import dns.resolver
 
 from fenced.core.model import IPAddress
 from fenced.dns.answers import FAILURES, Answer, Part, combine, judge, summarize
-from fenced.dns.exchange import ServerSockets
+from fenced.dns.exchange import ServerSockets, exchange
 from fenced.dns.wire import EDNS_PAYLOAD, encode, fast_parse, query_tail, question
 
 
@@ -219,19 +218,10 @@ class DnsResolver:
     ) -> Part:
         """One try with dnspython: UDP then TCP when truncated, or TCP only (``tcp``)."""
         query = dns.message.make_query(qname, rdtype, use_edns=0, payload=EDNS_PAYLOAD)
-        try:
-            if tcp:
-                response = await dns.asyncquery.tcp(
-                    query, server, timeout=self.timeout, port=self.port
-                )
-            else:
-                response, _tcp = await dns.asyncquery.udp_with_fallback(
-                    query, server, timeout=self.timeout, port=self.port, ignore_unexpected=True
-                )
-        except dns.exception.Timeout:
-            return Part("timeout", detail="timed out")
-        except (dns.exception.DNSException, OSError, EOFError, ValueError) as exc:
-            return Part("error", detail=f"{type(exc).__name__}: {exc}".rstrip(": "))
+        got = await exchange(query, server, port=self.port, timeout=self.timeout, tcp=tcp)
+        if got.response is None:
+            return Part("timeout" if got.timed_out else "error", detail=got.problem)
+        response = got.response
         return judge(response, qname, rdtype)
 
 

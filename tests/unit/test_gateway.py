@@ -914,7 +914,7 @@ async def test_forward_tries_next_server() -> None:
     assert got.server == "127.0.0.2"
     assert "127.0.0.1: SERVFAIL" in got.detail
     assert alone.response is None
-    assert alone.detail == "127.0.0.1: SERVFAIL; 127.0.0.1: SERVFAIL"
+    assert alone.detail == "127.0.0.1: SERVFAIL (x2)"  # each problem once, with its count
 
 
 # ------------------------------------------------------------------------------ CNAME chains
