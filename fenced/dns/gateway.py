@@ -295,13 +295,31 @@ def _reply(query: dns.message.Message, rcode: int) -> dns.message.Message:
     return reply
 
 
-def _relay(query: dns.message.Message, response: dns.message.Message) -> dns.message.Message:
-    """An empty reply to ``query`` with ``response``'s rcode, AA/AD/CD/RA bits and DO bit."""
+def _relay(
+    query: dns.message.Message,
+    response: dns.message.Message,
+    answer: Sequence[dns.rrset.RRset] = (),
+    authority: Sequence[dns.rrset.RRset] = (),
+    additional: Sequence[dns.rrset.RRset] = (),
+    *,
+    modified: bool = False,
+) -> dns.message.Message:
+    """The reply to ``query`` that relays upstream's ``response``: the one builder of those.
+
+    It carries ``response``'s rcode, AA/AD/CD/RA bits and DO bit, and the sections given
+    (empty when not given); AD is cleared when ``modified`` (records were taken out:
+    what was validated is no longer all there).
+    """
     reply = dns.message.make_response(query, recursion_available=False, our_payload=EDNS_PAYLOAD)
     reply.set_rcode(response.rcode())
     reply.flags |= response.flags & _UPSTREAM_FLAGS
+    if modified:
+        reply.flags &= ~dns.flags.AD
     if query.edns >= 0 and response.ednsflags & dns.flags.DO:
         reply.want_dnssec(True)
+    reply.answer = list(answer)
+    reply.authority = list(authority)
+    reply.additional = list(additional)
     return reply
 
 
@@ -876,10 +894,9 @@ class Gateway:
             return "servfail", self._wire(_reply(query, dns.rcode.SERVFAIL), query, transport)
 
         if audit:
-            reply = _relay(query, response)
-            reply.answer = response.answer
-            reply.authority = response.authority
-            reply.additional = response.additional
+            reply = _relay(
+                query, response, response.answer, response.authority, response.additional
+            )
             return "audit_denied", self._wire(reply, query, transport)
 
         sorted_out = _sort_out(
@@ -913,12 +930,14 @@ class Gateway:
             if targets:
                 self._keep_chain(sorted_out.names, sorted_out.ttl, targets, live)
 
-        reply = _relay(query, response)
-        if sorted_out.modified:
-            reply.flags &= ~dns.flags.AD  # what was validated is no longer all there
-        reply.answer = sorted_out.answer
-        reply.authority = sorted_out.authority
-        reply.additional = sorted_out.additional
+        reply = _relay(
+            query,
+            response,
+            sorted_out.answer,
+            sorted_out.authority,
+            sorted_out.additional,
+            modified=sorted_out.modified,
+        )
         return "allowed", self._wire(reply, query, transport)
 
     def _allowed(
