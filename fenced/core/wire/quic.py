@@ -10,6 +10,7 @@ ACK and CRYPTO frames are accepted in an Initial. Never raises.
 
 from __future__ import annotations
 
+import functools
 import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -76,6 +77,7 @@ def _expand_label(secret: bytes, label: bytes, length: int) -> bytes:
     return HKDFExpand(SHA256(), length, info).derive(secret)
 
 
+@functools.lru_cache(maxsize=256)  # a flow's Initials share one DCID: derive its keys once
 def initial_keys(dcid: bytes, version: int = QUIC_V1) -> InitialKeys:
     """The client's Initial keys for Destination Connection ID ``dcid`` (RFC 9001 5.2).
 
