@@ -1,4 +1,4 @@
-"""The pure core: configuration values, element vocabulary, name cache, planner, ruleset.
+"""The pure core: configuration, elements, name cache, planner, ruleset, wire parsers.
 
 Nothing in this package reads the clock, touches the system or imports an I/O module:
 every function is given what it needs (``now`` included) and returns values; the callers
