@@ -39,7 +39,7 @@ from fenced.errors import ConfigError, FencedError, FirewallError, SystemCheckEr
 from fenced.kernel.cgroups import CgroupWatcher, find_cgroup2_mount
 from fenced.kernel.conntrack import Conntrack, KernelConntrack
 from fenced.kernel.firewall import OWN_NFT_PIDS, Firewall
-from fenced.kernel.netlink import OWN_PORTIDS, Commit, NftMonitor
+from fenced.kernel.monitor import OWN_PORTIDS, Commit, NftMonitor
 from fenced.log import Logger, log
 from fenced.ops.http import HttpServer
 from fenced.ops.metrics import Metrics

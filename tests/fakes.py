@@ -20,7 +20,7 @@ from fenced.daemon import Daemon
 from fenced.dns.resolver import FakeResolver
 from fenced.kernel.conntrack import Conntrack
 from fenced.kernel.firewall import FakeFirewall
-from fenced.kernel.netlink import NftMonitor
+from fenced.kernel.monitor import NftMonitor
 from fenced.log import Logger
 
 

@@ -2,7 +2,7 @@
 
 These values say *what* to change in an nf_tables set or verdict map; they are validated
 as they are built (:class:`~fenced.errors.TransactionError`), so a bad change never
-reaches the kernel. The planner and the daemon build them, :mod:`fenced.kernel.netlink` encodes
+reaches the kernel. The planner and the daemon build them, :mod:`fenced.kernel.nfcodec` encodes
 them for the kernel, and the fake firewall applies them in memory. Nothing here does I/O.
 
 Limits are the kernel's (``linux/netfilter/nf_tables.h``): ``NFT_DATA_VALUE_MAXLEN`` is the

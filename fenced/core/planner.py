@@ -23,7 +23,7 @@ and plans the difference as ``SetOp`` s:
 The mirror changes only in :meth:`Planner.commit`, called once the write succeeded; until
 then every planned pair stays *dirty* and is planned again next time, so a failed write is
 never forgotten. Nothing here reads a clock or does I/O; times are seconds of a monotonic
-clock. Splitting big batches for netlink's 64 KiB limit is ``fenced.kernel.netlink``'s job.
+clock. Splitting big batches for netlink's 64 KiB limit is ``fenced.kernel.nfcodec``'s job.
 """
 
 from __future__ import annotations

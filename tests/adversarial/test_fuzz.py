@@ -31,7 +31,8 @@ from fenced.config.schema import DAEMON_KEYS, POLICY_KEYS, TOP_KEYS, parse_docum
 from fenced.dns.answers import FAILURES, Part, Status, chase, combine, judge
 from fenced.dns.wire import fast_parse
 from fenced.errors import ConfigError
-from fenced.kernel.netlink import NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFT_MSG_NEWGEN, CommitParser
+from fenced.kernel.monitor import CommitParser
+from fenced.kernel.nfcodec import NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFT_MSG_NEWGEN
 
 pytestmark = pytest.mark.bed
 

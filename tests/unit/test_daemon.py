@@ -30,7 +30,7 @@ from fenced.daemon import Daemon
 from fenced.dns.answers import Answer
 from fenced.dns.resolver import DnsResolver, FakeResolver
 from fenced.kernel.firewall import FakeFirewall
-from fenced.kernel.netlink import Commit
+from fenced.kernel.monitor import Commit
 from fenced.log import Logger
 from tests.fakes import Fakes, load_numeric, policy_text
 
