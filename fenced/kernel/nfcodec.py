@@ -73,7 +73,6 @@ NETLINK_CAP_ACK: Final = 10  # acks carry only the request's header, not its pay
 NETLINK_EXT_ACK: Final = 11  # errors carry NLMSGERR_ATTR_MSG / NLMSGERR_ATTR_OFFS
 
 NLM_F_REQUEST: Final = 0x01
-NLM_F_MULTI: Final = 0x02
 NLM_F_ACK: Final = 0x04
 NLM_F_DUMP_INTR: Final = 0x10
 NLM_F_ROOT: Final = 0x100
@@ -85,7 +84,6 @@ NLM_F_ACK_TLVS: Final = 0x200  # ack flags: extended ack attributes follow
 
 NLMSG_ERROR: Final = 0x2
 NLMSG_DONE: Final = 0x3
-NLMSG_OVERRUN: Final = 0x4
 
 NLMSGERR_ATTR_MSG: Final = 1
 NLMSGERR_ATTR_OFFS: Final = 2
@@ -113,7 +111,6 @@ NFPROTO_IPV6: Final = 10
 # --- linux/netfilter/nf_tables.h ----------------------------------------------------------
 # enum nft_verdicts
 NFT_CONTINUE: Final = -1
-NFT_BREAK: Final = -2
 NFT_JUMP: Final = -3
 NFT_GOTO: Final = -4
 NFT_RETURN: Final = -5
@@ -149,7 +146,6 @@ NFTA_SET_ELEM_FLAGS: Final = 3
 NFTA_SET_ELEM_TIMEOUT: Final = 4
 NFTA_SET_ELEM_EXPIRATION: Final = 5
 # enum nft_set_elem_flags
-NFT_SET_ELEM_INTERVAL_END: Final = 0x1
 NFT_SET_ELEM_CATCHALL: Final = 0x2
 # enum nft_data_attributes
 NFTA_DATA_VALUE: Final = 1
